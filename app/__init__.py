@@ -1,0 +1,49 @@
+"""confhook: create provider conferences, receive and store their callback events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from flask import Flask
+
+from config import settings
+
+
+def create_app(environ: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from ``environ`` (``os.environ`` by default); does no I/O."""
+    app = Flask(__name__)
+    app.config.update(settings.load(environ))
+    app.config["MAX_CONTENT_LENGTH"] = app.config["CONFHOOK_MAX_BODY_BYTES"]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    from app import db
+
+    db.init_app(app)
+    logging.getLogger("app").setLevel(logging.INFO)
+
+
+def register_blueprints(app: Flask) -> None:
+    from app import api, callbacks
+
+    api.init_app(app)
+    callbacks.init_app(app)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    from app import errors
+
+    errors.register_errorhandlers(app)
+
+
+def register_commands(app: Flask) -> None:
+    from app import cli
+
+    cli.init_app(app)

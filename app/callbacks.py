@@ -1,0 +1,96 @@
+"""The provider-facing endpoints: one GET/POST route per channel, thin over ``events``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from app import db, events
+from app.conferences import CHANNELS
+from app.errors import APIError
+from app.payload import decode_json, is_json, single_values
+
+bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
+log = logging.getLogger(__name__)
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def read_fields() -> dict[str, Any]:
+    """Return the delivery's fields from the query string (GET) or the body (POST)."""
+    max_bytes = current_app.config["CONFHOOK_MAX_BODY_BYTES"]
+    if len(request.query_string) > max_bytes:
+        raise APIError(414, "uri_too_long", f"query string over {max_bytes} bytes")
+    if request.method == "GET":
+        return single_values(request.args, "invalid_event")
+    mimetype = request.mimetype
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise APIError(413, "payload_too_large", f"body over {max_bytes} bytes")
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise APIError(413, "payload_too_large", f"body over {max_bytes} bytes") from None
+    if len(raw) > max_bytes:
+        raise APIError(413, "payload_too_large", f"body over {max_bytes} bytes")
+    if not raw and request.args:
+        # A POST with its fields in the query string: take them as a GET would be taken.
+        return single_values(request.args, "invalid_event")
+    if is_json(mimetype):
+        return decode_json(raw)  # type: ignore[no-any-return]
+    if mimetype == FORM_TYPE:
+        return single_values(request.form, "invalid_event")
+    raise APIError(415, "unsupported_media_type",
+                   "send application/json or application/x-www-form-urlencoded")
+
+
+@bp.route("/<channel>/<subject>/<key>", methods=["GET", "POST"])
+def deliver(channel: str, subject: str, key: str) -> Response:
+    if channel not in CHANNELS:
+        raise APIError(404, "not_found", "no such callback URL")
+    secrets = [current_app.config["CONFHOOK_SECRET_KEY"],
+               *current_app.config["CONFHOOK_OLD_SECRET_KEYS"]]
+    session = db.write_session()
+    try:
+        events.authenticate(secrets, subject, key)
+        fields = read_fields()
+        outcome = events.receive(session, subject=subject, channel=channel,
+                                 method=request.method, fields=fields)
+    except (events.Rejected, APIError) as exc:
+        session.rollback()
+        reason = exc.reason if isinstance(exc, events.Rejected) else exc.code
+        events.count_rejection(session, reason)
+        session.commit()
+        # Never log the key: it is the credential.
+        log.warning("delivery rejected: %s channel=%s subject=%s", reason, channel,
+                    subject[:40])
+        if isinstance(exc, events.Rejected):
+            code = "unauthorized" if exc.status == 401 else "invalid_event"
+            raise APIError(exc.status, code, str(exc), exc.details) from None
+        raise
+    session.commit()
+    response = Response(status=204)
+    response.headers["X-Confhook-Event"] = (
+        f"{outcome.event_id}; {'duplicate' if outcome.duplicate else 'stored'}; "
+        f"{outcome.match}")
+    return response
+
+
+def redacted_path(path: str) -> str:
+    """Return ``path`` with a callback URL's key replaced, for logs."""
+    parts = path.split("/")
+    if len(parts) >= 5 and parts[1] == "callbacks":
+        parts[4] = "<key>"
+    return "/".join(parts)
+
+
+def _log_path() -> None:
+    # gunicorn's access log reads this (config/gunicorn.conf.py): never log a URL key.
+    request.environ["confhook.log_path"] = redacted_path(request.path)
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_log_path)
+    app.register_blueprint(bp)

@@ -1,0 +1,152 @@
+"""The provider client: Catapult v1 conferences over one ``requests.Session``.
+
+Every call has connect and read timeouts. Retries happen only where they cannot create
+anything twice: a connection that was never established (any method), and for reads also
+429 (honouring ``Retry-After``) and 5xx answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+
+class CatapultError(Exception):
+    """Base class of the provider client's errors."""
+
+
+class CatapultAPIError(CatapultError):
+    """The provider answered with a non-2xx status; carries its error body."""
+
+    def __init__(self, status: int, category: str | None, code: str | None,
+                 message: str | None, details: Any = None, retry_after: str | None = None):
+        self.status = status
+        self.category = category
+        self.code = code
+        self.message = message
+        self.details = details
+        self.retry_after = retry_after
+        super().__init__(f"provider answered {status}: {code or category or '-'}: "
+                         f"{message or '(no message)'}")
+
+
+class CatapultTimeout(CatapultError):
+    """The provider did not answer in time; a create may or may not have happened."""
+
+
+class CatapultUnavailable(CatapultError):
+    """The provider could not be reached, or answered something that is not its API."""
+
+
+@dataclass(frozen=True)
+class Created:
+    """A resource the provider created: its id and the Location it gave."""
+
+    id: str
+    location: str
+
+
+def id_from_location(location: str) -> str:
+    """Return the id at the end of a Location header (relative or absolute URL)."""
+    path = urlsplit(location).path.rstrip("/")
+    ident = path.rsplit("/", 1)[-1]
+    if not ident:
+        raise CatapultUnavailable(f"provider sent a Location without an id: {location!r}")
+    return ident
+
+
+class CatapultClient:
+    """Calls the provider's v1 conference API for one user."""
+
+    def __init__(self, base_url: str, user_id: str, token: str, secret: str, *,
+                 connect_timeout: float = 3.05, read_timeout: float = 10.0,
+                 retries: int = 2) -> None:
+        self.base = f"{base_url.rstrip('/')}/v1/users/{quote(user_id, safe='')}"
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = requests.Session()
+        self.session.auth = (token, secret)
+        self.session.headers["Accept"] = "application/json"
+        self.session.headers["User-Agent"] = "confhook/1"
+        # Connection errors are retried for every method: the request never reached the
+        # provider. Read errors and status codes only for idempotent methods.
+        retry = Retry(
+            total=retries, connect=retries, read=retries, status=retries, other=0,
+            allowed_methods=frozenset({"GET", "HEAD"}),
+            status_forcelist=(429, 500, 502, 503, 504),
+            backoff_factor=0.2, respect_retry_after_header=True,
+            raise_on_status=False, raise_on_redirect=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None
+                 ) -> requests.Response:
+        try:
+            response = self.session.request(method, f"{self.base}/{path}", json=body,
+                                            timeout=self.timeout, allow_redirects=False)
+        except requests.Timeout as exc:
+            raise CatapultTimeout(f"provider did not answer {method} {path} in time") from exc
+        except requests.RequestException as exc:
+            raise CatapultUnavailable(f"provider unreachable for {method} {path}: "
+                                      f"{type(exc).__name__}") from exc
+        if response.status_code >= 300:
+            raise _api_error(response)
+        return response
+
+    def _json(self, response: requests.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise CatapultUnavailable("provider answered with a body that is not JSON") from exc
+
+    def create_conference(self, params: dict[str, Any]) -> Created:
+        """Create a conference; return its id from the ``Location`` of the 201."""
+        response = self._request("POST", "conferences", params)
+        location = response.headers.get("Location")
+        if response.status_code != 201 or not location:
+            raise CatapultUnavailable(
+                f"provider answered {response.status_code} without a Location to a create")
+        return Created(id=id_from_location(location), location=location)
+
+    def get_conference(self, conference_id: str) -> dict[str, Any]:
+        return self._json(self._request("GET", f"conferences/{quote(conference_id, safe='')}"))
+
+    def update_conference(self, conference_id: str, changes: dict[str, Any]) -> None:
+        self._request("POST", f"conferences/{quote(conference_id, safe='')}", changes)
+
+    def list_members(self, conference_id: str) -> list[dict[str, Any]]:
+        return self._json(self._request(
+            "GET", f"conferences/{quote(conference_id, safe='')}/members"))
+
+
+def _api_error(response: requests.Response) -> CatapultAPIError:
+    category = code = message = None
+    details: Any = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        category = _short(body.get("category"))
+        code = _short(body.get("code"))
+        message = _short(body.get("message"), 1000)
+        details = body.get("details")
+    if message is None and response.text:
+        message = _short(response.text, 300)
+    return CatapultAPIError(response.status_code, category, code, message, details,
+                            response.headers.get("Retry-After"))
+
+
+def _short(value: Any, limit: int = 128) -> str | None:
+    if value is None:
+        return None
+    return str(value)[:limit]

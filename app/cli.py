@@ -1,0 +1,83 @@
+"""``flask`` commands: migrate the database, create a conference, show the shared URLs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from alembic import command
+from alembic.config import Config
+from flask import Flask, current_app
+from sqlalchemy.engine import make_url
+
+from app import conferences, db
+from config.settings import PROJECT_ROOT
+
+
+def alembic_config(url: str) -> Config:
+    """Return Alembic's config for the project's migrations against ``url``."""
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.attributes["url"] = url
+    return config
+
+
+def upgrade_database(url: str) -> None:
+    """Bring the database at ``url`` to the newest revision, creating a SQLite file's folder."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), "head")
+
+
+@click.command("migrate")
+def migrate_command() -> None:
+    """Apply every database migration (run before starting the service)."""
+    upgrade_database(current_app.config["DATABASE_URL"])
+    click.echo("database is at the newest revision")
+
+
+@click.command("create-conference")
+@click.option("--from", "from_number", required=True, help="Hosting number, E.164.")
+@click.option("--tag", default=None)
+@click.option("--method", "callback_method", default=None, type=click.Choice(["GET", "POST"]))
+@click.option("--timeout", "callback_timeout", default=None, type=int, help="Milliseconds.")
+def create_conference_command(from_number: str, tag: str | None, callback_method: str | None,
+                              callback_timeout: int | None) -> None:
+    """Create a conference on the provider with this service's callback URLs."""
+    from app.api import conference_json, provider
+
+    body: dict[str, object] = {"from": from_number}
+    if tag is not None:
+        body["tag"] = tag
+    if callback_method is not None:
+        body["callbackHttpMethod"] = callback_method
+    if callback_timeout is not None:
+        body["callbackTimeout"] = callback_timeout
+    try:
+        request = conferences.parse_create(body, current_app.config)
+    except conferences.InvalidRequest as exc:
+        raise click.ClickException(f"{exc}: {json.dumps(exc.details)}") from None
+    session = db.write_session()
+    conference = conferences.prepare(session, request, current_app.config)
+    session.commit()
+    try:
+        conferences.submit(session, provider(), conference)
+    except conferences.ProviderFailed as exc:
+        session.commit()
+        raise click.ClickException(f"provider failed: {exc}") from None
+    session.commit()
+    click.echo(json.dumps(conference_json(conference), indent=2))
+
+
+@click.command("shared-callback-url")
+def shared_callback_url_command() -> None:
+    """Print the shared callback and fallback URLs, for conferences made elsewhere."""
+    callback, fallback = conferences.callback_urls(current_app.config, conferences.SHARED)
+    click.echo(f"callbackUrl: {callback}\nfallbackUrl: {fallback}")
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(migrate_command)
+    app.cli.add_command(create_conference_command)
+    app.cli.add_command(shared_callback_url_command)

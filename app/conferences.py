@@ -1,0 +1,229 @@
+"""Conferences: validating a create, the callback URLs and their keys, the provider round trip.
+
+Creating a conference takes two transactions, and the order is the point: the pending row is
+committed *before* the provider is called, because the provider may fire ``conference
+created`` at our callback URL before its ``201`` reaches us, and that event must find its
+conference. :func:`prepare` adds the row, the caller commits, :func:`submit` calls the
+provider and records the outcome, the caller commits again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.catapult import (
+    CatapultAPIError,
+    CatapultClient,
+    CatapultError,
+    CatapultTimeout,
+)
+from app.models import TAG_MAX_LENGTH, Conference, Event, Member, new_conference_id
+
+log = logging.getLogger(__name__)
+
+E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+CALLBACK_TIMEOUT_RANGE = (100, 10_000)
+CREATE_FIELDS = ("from", "tag", "callbackHttpMethod", "callbackTimeout")
+CHANNELS = ("callback", "fallback")
+SHARED = "shared"
+
+
+class InvalidRequest(Exception):
+    """The caller's input is wrong; ``details`` maps each field to what is wrong with it."""
+
+    def __init__(self, message: str, details: dict[str, str]):
+        super().__init__(message)
+        self.details = details
+
+
+class ProviderFailed(Exception):
+    """The provider refused or failed a call; the conference row records it."""
+
+    def __init__(self, conference: Conference, error: CatapultError):
+        super().__init__(str(error))
+        self.conference = conference
+        self.error = error
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    from_number: str
+    tag: str | None
+    callback_method: str
+    callback_timeout_ms: int
+
+
+# -- callback URLs and their keys -----------------------------------------------------------
+
+def callback_key(secret: str, subject: str) -> str:
+    """Return the URL key for ``subject`` (a conference id, or ``shared``) under ``secret``."""
+    digest = hmac.new(secret.encode(), f"confhook-callback:{subject}".encode(),
+                      hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
+def key_matches(secrets: Iterable[str], subject: str, key: str) -> bool:
+    """Tell whether ``key`` is ``subject``'s key under any of ``secrets`` (current first).
+
+    Every secret is tried, so the time taken does not reveal which one matched.
+    """
+    ok = False
+    for secret in secrets:
+        ok |= hmac.compare_digest(callback_key(secret, subject), key)
+    return ok
+
+
+def callback_urls(config: Mapping[str, Any], subject: str) -> tuple[str, str]:
+    """Return the (callback, fallback) URLs for ``subject``; they differ only in the channel."""
+    key = callback_key(config["CONFHOOK_SECRET_KEY"], subject)
+    return (f"{config['CONFHOOK_PUBLIC_URL']}/callbacks/callback/{subject}/{key}",
+            f"{config['CONFHOOK_FALLBACK_URL']}/callbacks/fallback/{subject}/{key}")
+
+
+# -- create -----------------------------------------------------------------------------------
+
+def parse_create(body: Any, defaults: Mapping[str, Any]) -> CreateRequest:
+    """Validate a create request body; raise :class:`InvalidRequest` naming every bad field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", {"body": "not an object"})
+    details: dict[str, str] = {}
+    for name in body:
+        if name not in CREATE_FIELDS:
+            details[str(name)[:64]] = f"unknown field; expected one of {', '.join(CREATE_FIELDS)}"
+
+    from_number = body.get("from")
+    if from_number is None:
+        details["from"] = "required"
+    elif not isinstance(from_number, str) or not E164.match(from_number):
+        details["from"] = "must be an E.164 phone number such as +19195551212"
+
+    tag = body.get("tag")
+    if tag is not None:
+        if not isinstance(tag, str):
+            details["tag"] = "must be a string"
+        elif len(tag) > TAG_MAX_LENGTH:
+            details["tag"] = f"must be at most {TAG_MAX_LENGTH} characters"
+        elif "\x00" in tag:
+            details["tag"] = "must not contain NUL characters"
+
+    method = body.get("callbackHttpMethod", defaults["CONFHOOK_CALLBACK_METHOD"])
+    if not isinstance(method, str) or method.upper() not in ("GET", "POST"):
+        details["callbackHttpMethod"] = "must be GET or POST"
+        method = "POST"
+
+    timeout = body.get("callbackTimeout", defaults["CONFHOOK_CALLBACK_TIMEOUT_MS"])
+    lo, hi = CALLBACK_TIMEOUT_RANGE
+    # Clients of the provider's era sent numbers as strings ("2000"): accept both.
+    if isinstance(timeout, str) and timeout.strip().isdigit():
+        timeout = int(timeout.strip())
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not lo <= timeout <= hi:
+        details["callbackTimeout"] = f"must be an integer number of milliseconds, {lo} to {hi}"
+        timeout = lo
+
+    if details:
+        raise InvalidRequest("invalid conference request", details)
+    return CreateRequest(from_number=from_number, tag=tag or None,
+                         callback_method=method.upper(), callback_timeout_ms=timeout)
+
+
+def prepare(session: Session, request: CreateRequest, config: Mapping[str, Any]) -> Conference:
+    """Add the pending conference row with its own callback URLs; the caller commits."""
+    conference_pk = new_conference_id()
+    callback_url, fallback_url = callback_urls(config, conference_pk)
+    conference = Conference(
+        id=conference_pk, tag=request.tag, from_number=request.from_number,
+        callback_url=callback_url, fallback_url=fallback_url,
+        callback_method=request.callback_method,
+        callback_timeout_ms=request.callback_timeout_ms, state="pending",
+    )
+    session.add(conference)
+    session.flush()
+    return conference
+
+
+def provider_params(conference: Conference) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "from": conference.from_number,
+        "callbackUrl": conference.callback_url,
+        "fallbackUrl": conference.fallback_url,
+        "callbackHttpMethod": conference.callback_method,
+        "callbackTimeout": conference.callback_timeout_ms,
+    }
+    if conference.tag is not None:
+        params["tag"] = conference.tag
+    return params
+
+
+def submit(session: Session, client: CatapultClient, conference: Conference) -> Conference:
+    """Create ``conference`` on the provider and record the outcome; the caller commits.
+
+    On failure the row is marked ``failed`` with the provider's error, and
+    :class:`ProviderFailed` is raised after that is recorded.
+    """
+    try:
+        created = client.create_conference(provider_params(conference))
+    except CatapultError as exc:
+        _record_failure(session, conference, exc)
+        raise ProviderFailed(conference, exc) from exc
+
+    table = Conference.__table__
+    # A callback that outran the 201 may have filled in the id and moved the state on already:
+    # only fill what is still empty, only advance what is still pending.
+    session.execute(update(table).where(table.c.id == conference.id,
+                                        table.c.conference_id.is_(None))
+                    .values(conference_id=created.id))
+    session.execute(update(table).where(table.c.id == conference.id,
+                                        table.c.state.in_(("pending", "failed")))
+                    .values(state="created"))
+    session.refresh(conference)
+    if conference.conference_id != created.id:
+        log.warning("conference %s: provider id %s from Location differs from %s seen in an "
+                    "earlier callback; keeping the Location's", conference.id, created.id,
+                    conference.conference_id)
+        conference.conference_id = created.id
+        events = Event.__table__
+        session.execute(update(events).where(events.c.conference_pk == conference.id,
+                                             events.c.conference_id != created.id)
+                        .values(match="conflict", match_reason="conference_id_mismatch"))
+        session.flush()
+    return conference
+
+
+def _record_failure(session: Session, conference: Conference, exc: CatapultError) -> None:
+    if isinstance(exc, CatapultAPIError):
+        status, code, message = exc.status, exc.code or exc.category, exc.message
+    elif isinstance(exc, CatapultTimeout):
+        status, code = None, "provider_timeout"
+        message = f"{exc}; the conference may exist on the provider"
+    else:
+        status, code, message = None, "provider_unavailable", str(exc)
+    table = Conference.__table__
+    session.execute(update(table).where(table.c.id == conference.id,
+                                        table.c.state == "pending")
+                    .values(state="failed", error_status=status, error_code=code,
+                            error_message=message))
+    session.refresh(conference)
+    log.warning("conference %s: provider create failed: %s", conference.id, exc)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+def find(session: Session, ident: str) -> Conference | None:
+    """Return the conference with local id or provider ``conferenceId`` ``ident``."""
+    return session.scalar(select(Conference).where(
+        or_(Conference.id == ident, Conference.conference_id == ident)).limit(1))
+
+
+def members(session: Session, conference: Conference) -> list[Member]:
+    return list(session.scalars(select(Member).where(Member.conference_pk == conference.id)
+                                .order_by(Member.joined_at, Member.id)))

@@ -1,0 +1,100 @@
+"""Engine and session wiring: one engine per app, one session per request or command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, current_app, g
+from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+_EXT = "confhook.db"
+
+
+def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
+    """Create the engine; for SQLite, set WAL and the durability level on every connection."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below) so that writers can take the lock up front.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A deferred transaction that reads and then writes fails at once with "database is
+        # locked" if another writer got in between; BEGIN IMMEDIATE waits for the lock instead.
+        write = conn.get_execution_options().get("confhook_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """The engine and two session factories: readers, and writers that lock up front."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.reader = sessionmaker(bind=engine, expire_on_commit=False)
+        self.writer = sessionmaker(bind=engine.execution_options(confhook_write=True),
+                                   expire_on_commit=False)
+
+
+def init_app(app: Flask) -> None:
+    """Create the engine for ``app`` (no connection is opened) and close sessions after use."""
+    engine = make_engine(app.config["DATABASE_URL"], app.config["CONFHOOK_SQLITE_SYNCHRONOUS"])
+    app.extensions[_EXT] = Database(engine)
+    app.teardown_appcontext(_close_sessions)
+
+
+def database(app: Flask | None = None) -> Database:
+    return (app or current_app).extensions[_EXT]  # type: ignore[no-any-return]
+
+
+def _session(kind: str) -> Session:
+    key = f"_db_{kind}"
+    session = g.get(key)
+    if session is None:
+        factory = getattr(database(), kind)
+        session = factory()
+        setattr(g, key, session)
+    return session  # type: ignore[no-any-return]
+
+
+def read_session() -> Session:
+    """Return this request's reading session."""
+    return _session("reader")
+
+
+def write_session() -> Session:
+    """Return this request's writing session (SQLite: BEGIN IMMEDIATE)."""
+    return _session("writer")
+
+
+def _close_sessions(_exc: BaseException | None) -> None:
+    for key in ("_db_reader", "_db_writer"):
+        session = g.pop(key, None)
+        if session is not None:
+            session.close()

@@ -1,0 +1,444 @@
+"""Events: a delivery becomes one normalised, de-duplicated, matched row, and updates views.
+
+The provider sends no event id, so an event is recognised by its content: the dedup key is a
+hash of the normalised fields, the same whether the event came by GET or POST, through the
+callback or the fallback URL. Views (conference state, members) are derived from event
+*times*, with conditional updates, so the arrival order does not matter and two instances
+recording at once cannot undo each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import case, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from app.conferences import SHARED, key_matches
+from app.models import (
+    CHANNEL_BITS,
+    PROVIDER_ID_MAX_LENGTH,
+    TAG_MAX_LENGTH,
+    Conference,
+    Event,
+    Member,
+    RejectedDelivery,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+KNOWN_TYPES = ("conference", "conference-member", "conference-playback", "conference-speak")
+CONFERENCE_STATUSES = ("created", "completed")
+MEMBER_STATES = ("active", "completed")
+MEDIA_STATUSES = ("started", "done")
+EVENT_TYPE_MAX_LENGTH = 64
+MAX_FIELDS = 200
+MAX_DEPTH = 16
+
+TRUE = ("true", "1", "yes")
+FALSE = ("false", "0", "no")
+
+
+class Rejected(Exception):
+    """A delivery that is refused and stores nothing; ``reason`` is what gets counted."""
+
+    def __init__(self, status: int, reason: str, message: str,
+                 details: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.details = details or {}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    event_type: str
+    unknown_type: bool
+    conference_id: str | None
+    member_id: str | None
+    call_id: str | None
+    status: str | None
+    tag: str | None
+    active_members: int | None
+    mute: bool | None
+    hold: bool | None
+    event_time: datetime | None
+    payload: dict[str, Any]
+    dedup_key: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event_id: int
+    duplicate: bool
+    match: str
+    match_reason: str | None
+    conference_pk: str | None
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+def parse_time(value: Any, field: str) -> datetime | None:
+    """Parse an ISO 8601 time as the provider writes it; return naive UTC."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise _invalid(field, "must be an ISO 8601 time")
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise _invalid(field, "must be an ISO 8601 time") from None
+    if parsed.tzinfo is not None:
+        # The provider writes UTC or an offset; a time without one is taken as UTC.
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _invalid(field: str, problem: str) -> Rejected:
+    return Rejected(422, "invalid", f"invalid event: {field} {problem}", {field: problem})
+
+
+def _string(fields: Mapping[str, Any], name: str, limit: int = PROVIDER_ID_MAX_LENGTH
+            ) -> str | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _invalid(name, "must be a string")
+    text = str(value)
+    if len(text) > limit:
+        raise _invalid(name, f"must be at most {limit} characters")
+    return text
+
+
+def _bool(fields: Mapping[str, Any], name: str) -> bool | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+        return value.strip().lower() in TRUE
+    raise _invalid(name, "must be true or false")
+
+
+def _int(fields: Mapping[str, Any], name: str, hi: int = 100_000) -> int | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+        raise _invalid(name, f"must be an integer from 0 to {hi}")
+    return value
+
+
+def _choice(value: str | None, name: str, choices: Sequence[str]) -> str | None:
+    if value is not None and value not in choices:
+        raise _invalid(name, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def check_payload(payload: Any) -> dict[str, Any]:
+    """Check that a delivery's fields are a flat-enough JSON object we can store anywhere."""
+    if not isinstance(payload, dict):
+        raise Rejected(422, "invalid", "invalid event: the body must be a JSON object",
+                       {"body": "not an object"})
+    if len(payload) > MAX_FIELDS:
+        raise Rejected(422, "invalid", f"invalid event: more than {MAX_FIELDS} fields",
+                       {"body": "too many fields"})
+    _check_value(payload, 0)
+    return payload
+
+
+def _check_value(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise Rejected(422, "invalid", "invalid event: nested too deeply",
+                       {"body": f"more than {MAX_DEPTH} levels"})
+    if isinstance(value, str):
+        # PostgreSQL cannot store NUL in text or JSON; no real event carries one.
+        if "\x00" in value:
+            raise Rejected(422, "invalid", "invalid event: NUL character in a value",
+                           {"body": "NUL character"})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_value(key, depth + 1)
+            _check_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_value(item, depth + 1)
+
+
+def parse(fields: Mapping[str, Any]) -> Parsed:
+    """Normalise one delivery's fields (from JSON, a form or a query string) into an event."""
+    payload = check_payload(dict(fields) if not isinstance(fields, dict) else fields)
+    event_type = payload.get("eventType")
+    if not isinstance(event_type, str) or not event_type.strip():
+        raise _invalid("eventType", "is required")
+    event_type = event_type.strip()
+    if len(event_type) > EVENT_TYPE_MAX_LENGTH:
+        raise _invalid("eventType", f"must be at most {EVENT_TYPE_MAX_LENGTH} characters")
+
+    conference_id = _string(payload, "conferenceId")
+    tag = _string(payload, "tag", TAG_MAX_LENGTH)
+    member_id = call_id = status = None
+    active_members = None
+    mute = hold = None
+    unknown = event_type not in KNOWN_TYPES
+
+    if event_type == "conference":
+        status = _choice(_string(payload, "status"), "status", CONFERENCE_STATUSES)
+        created = parse_time(payload.get("createdTime"), "createdTime")
+        completed = parse_time(payload.get("completedTime"), "completedTime")
+        event_time = completed if status == "completed" and completed else created
+        event_time = event_time or parse_time(payload.get("time"), "time")
+    elif event_type == "conference-member":
+        member_id = _string(payload, "memberId")
+        call_id = _string(payload, "callId")
+        status = _choice(_string(payload, "state"), "state", MEMBER_STATES)
+        active_members = _int(payload, "activeMembers")
+        mute = _bool(payload, "mute")
+        hold = _bool(payload, "hold")
+        event_time = parse_time(payload.get("time"), "time")
+    elif event_type in ("conference-playback", "conference-speak"):
+        status = _choice(_string(payload, "status"), "status", MEDIA_STATUSES)
+        event_time = parse_time(payload.get("time"), "time")
+    else:
+        # Unknown types are kept whole; read what common fields they have, leniently.
+        member_id = _lenient_string(payload, "memberId")
+        call_id = _lenient_string(payload, "callId")
+        status = _lenient_string(payload, "status") or _lenient_string(payload, "state")
+        event_time = _lenient_time(payload)
+
+    if unknown:
+        canonical: Any = ["unknown", event_type, sorted(
+            (str(k), _canonical_value(v)) for k, v in payload.items())]
+    else:
+        canonical = [event_type, conference_id, member_id, call_id, status, tag,
+                     active_members, mute, hold,
+                     event_time.isoformat() if event_time else None]
+    dedup_key = hashlib.sha256(
+        json.dumps(canonical, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+    return Parsed(event_type=event_type, unknown_type=unknown, conference_id=conference_id,
+                  member_id=member_id, call_id=call_id, status=status, tag=tag,
+                  active_members=active_members, mute=mute, hold=hold,
+                  event_time=event_time, payload=payload, dedup_key=dedup_key)
+
+
+def _lenient_string(payload: Mapping[str, Any], name: str) -> str | None:
+    value = payload.get(name)
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)[:PROVIDER_ID_MAX_LENGTH]
+    return None
+
+
+def _lenient_time(payload: Mapping[str, Any]) -> datetime | None:
+    for name in ("time", "eventTime", "completedTime", "createdTime"):
+        try:
+            value = parse_time(payload.get(name), name)
+        except Rejected:
+            continue
+        if value is not None:
+            return value
+    return None
+
+
+def _canonical_value(value: Any) -> str:
+    # GET delivers every value as a string: make POST's JSON values compare equal to them.
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# -- recording --------------------------------------------------------------------------------
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+
+def authenticate(secrets: Sequence[str], subject: str, key: str) -> None:
+    """Refuse a delivery whose URL key was not issued for ``subject`` by us."""
+    if not key_matches(secrets, subject, key):
+        raise Rejected(401, "bad_key", "unknown callback URL or key")
+
+
+def receive(session: Session, *, subject: str, channel: str, method: str,
+            fields: Mapping[str, Any]) -> Outcome:
+    """Parse, match and record one authenticated delivery; the caller commits.
+
+    ``subject`` is the conference id the URL names, or ``shared``. Raises :class:`Rejected`
+    for a delivery that must not be stored.
+    """
+    event = parse(fields)
+    conference, match, reason = _match(session, subject, event)
+    now = utcnow()
+    events = Event.__table__
+    bit = CHANNEL_BITS[channel]
+    stmt = _insert(session, events).values(
+        conference_pk=conference.id if conference else None,
+        event_type=event.event_type, unknown_type=event.unknown_type,
+        conference_id=event.conference_id, member_id=event.member_id, call_id=event.call_id,
+        status=event.status, tag=event.tag, active_members=event.active_members,
+        mute=event.mute, hold=event.hold, event_time=event.event_time,
+        occurred_at=event.event_time or now, payload=event.payload,
+        dedup_key=event.dedup_key, first_received_at=now, last_received_at=now,
+        deliveries=1, channels=bit, method=method, match=match, match_reason=reason,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[events.c.dedup_key],
+        set_={"deliveries": events.c.deliveries + 1, "last_received_at": now,
+              "channels": events.c.channels.op("|")(bit)},
+    ).returning(events.c.id, events.c.deliveries, events.c.match, events.c.match_reason,
+                events.c.conference_pk)
+    row = session.execute(stmt).one()
+    duplicate = row.deliveries > 1
+    if not duplicate and conference is not None and match == "matched":
+        apply(session, conference.id, event, event.event_time or now)
+    return Outcome(event_id=row.id, duplicate=duplicate, match=row.match,
+                   match_reason=row.match_reason, conference_pk=row.conference_pk)
+
+
+def _match(session: Session, subject: str, event: Parsed
+           ) -> tuple[Conference | None, str, str | None]:
+    """Decide which conference an event belongs to, and whether it agrees with it."""
+    if subject == SHARED:
+        if event.conference_id is None:
+            return None, "unmatched", "no_conference_id"
+        conference = session.scalar(select(Conference).where(
+            Conference.conference_id == event.conference_id))
+        if conference is None:
+            return None, "unmatched", "unknown_conference"
+    else:
+        conference = session.get(Conference, subject)
+        if conference is None:
+            return None, "unmatched", "conference_not_found"
+        if event.conference_id is not None:
+            if conference.conference_id is None:
+                # The callback outran the provider's 201: the URL key vouches for the
+                # conference, so take the id from the event, unless another conference has it.
+                taken = session.scalar(select(Conference.id).where(
+                    Conference.conference_id == event.conference_id))
+                if taken is not None:
+                    return conference, "conflict", "conference_id_taken"
+                table = Conference.__table__
+                session.execute(update(table).where(table.c.id == conference.id,
+                                                    table.c.conference_id.is_(None))
+                                .values(conference_id=event.conference_id))
+                session.refresh(conference)
+            if conference.conference_id != event.conference_id:
+                return conference, "conflict", "conference_id_mismatch"
+    if event.tag is not None and event.tag != conference.tag:
+        return conference, "conflict", "tag_mismatch"
+    return conference, "matched", None
+
+
+def _later(column: Any, value: datetime) -> ColumnElement[Any]:
+    return case((column.is_(None) | (column < value), value), else_=column)
+
+
+def _earlier(column: Any, value: datetime) -> ColumnElement[Any]:
+    return case((column.is_(None) | (column > value), value), else_=column)
+
+
+def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
+    """Fold a newly stored, matched event into its conference's and member's views.
+
+    Every update is conditional on the times already recorded, so applying events in any
+    order gives the same view, and a late ``active`` never reopens a ``completed`` conference.
+    """
+    conf = Conference.__table__
+    this = conf.c.id == conference_pk
+    session.execute(update(conf).where(this).values(
+        last_event_at=_later(conf.c.last_event_at, at)))
+
+    if event.event_type == "conference":
+        if event.status == "created":
+            created = parse_time(event.payload.get("createdTime"), "createdTime") or at
+            session.execute(update(conf).where(this).values(
+                created_time=_earlier(conf.c.created_time, created)))
+            session.execute(update(conf).where(this, conf.c.state.in_(("pending", "failed")))
+                            .values(state="created"))
+        elif event.status == "completed":
+            created = parse_time(event.payload.get("createdTime"), "createdTime")
+            values: dict[str, Any] = {
+                "state": "completed", "completed_time": at, "active_members": 0,
+                "active_members_at": at,
+            }
+            if created is not None:
+                values["created_time"] = _earlier(conf.c.created_time, created)
+            session.execute(update(conf).where(this, conf.c.state != "completed")
+                            .values(**values))
+    elif event.event_type == "conference-member":
+        if event.status == "active":
+            session.execute(update(conf).where(
+                this, conf.c.state.in_(("pending", "failed", "created"))).values(state="active"))
+        if event.active_members is not None:
+            session.execute(update(conf).where(
+                this, conf.c.active_members_at.is_(None) | (conf.c.active_members_at < at))
+                .values(active_members=event.active_members, active_members_at=at))
+        if event.member_id is not None:
+            _apply_member(session, conference_pk, event, at)
+
+
+def _apply_member(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
+    members = Member.__table__
+    session.execute(_insert(session, members).values(
+        conference_pk=conference_pk, member_id=event.member_id, call_id=event.call_id,
+        state="active", mute=False, hold=False,
+    ).on_conflict_do_nothing(index_elements=[members.c.conference_pk, members.c.member_id]))
+    this = (members.c.conference_pk == conference_pk) & (members.c.member_id == event.member_id)
+    values: dict[str, Any] = {"last_event_at": _later(members.c.last_event_at, at)}
+    if event.call_id is not None:
+        values["call_id"] = case((members.c.call_id.is_(None), event.call_id),
+                                 else_=members.c.call_id)
+    if event.status == "active":
+        values["joined_at"] = _earlier(members.c.joined_at, at)
+    elif event.status == "completed":
+        values["state"] = "completed"
+        values["left_at"] = _later(members.c.left_at, at)
+    session.execute(update(members).where(this).values(**values))
+    if event.mute is not None or event.hold is not None:
+        flags: dict[str, Any] = {"status_at": at}
+        if event.mute is not None:
+            flags["mute"] = event.mute
+        if event.hold is not None:
+            flags["hold"] = event.hold
+        session.execute(update(members).where(
+            this, members.c.status_at.is_(None) | (members.c.status_at <= at)).values(**flags))
+
+
+def count_rejection(session: Session, reason: str) -> None:
+    """Count a refused delivery in its minute; the caller commits."""
+    now = utcnow()
+    minute = now.replace(second=0, microsecond=0)
+    table = RejectedDelivery.__table__
+    session.execute(_insert(session, table).values(
+        minute=minute, reason=reason, count=1, last_at=now,
+    ).on_conflict_do_update(
+        index_elements=[table.c.minute, table.c.reason],
+        set_={"count": table.c.count + 1, "last_at": now},
+    ))
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+def channels_of(bits: int) -> list[str]:
+    return [name for name, bit in CHANNEL_BITS.items() if bits & bit]

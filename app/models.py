@@ -1,0 +1,159 @@
+"""Tables: conferences, their members, the events the provider sent, rejected deliveries.
+
+Times are stored as naive UTC datetimes (SQLite has no time zones); code that reads them
+treats them as UTC.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+# Portable auto-increment 64-bit key: SQLite only auto-increments INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+CONFERENCE_STATES = ("pending", "created", "active", "completed", "failed")
+MEMBER_STATES = ("active", "completed")
+MATCH_STATES = ("matched", "unmatched", "conflict")
+
+# Event.channels is a bit set of the URLs a delivery of the event came through.
+CHANNEL_BITS = {"callback": 1, "fallback": 2}
+
+TAG_MAX_LENGTH = 256
+PROVIDER_ID_MAX_LENGTH = 128
+
+
+def utcnow() -> datetime:
+    """Return the current time as naive UTC, the form every column stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_conference_id() -> str:
+    """Return a fresh opaque, URL-safe local conference id."""
+    return "cf" + secrets.token_hex(8)
+
+
+class Conference(Base):
+    __tablename__ = "conference"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_conference_id)
+    conference_id: Mapped[str | None] = mapped_column(String(PROVIDER_ID_MAX_LENGTH),
+                                                      unique=True)
+    tag: Mapped[str | None] = mapped_column(String(TAG_MAX_LENGTH), index=True)
+    from_number: Mapped[str] = mapped_column(String(32))
+    callback_url: Mapped[str] = mapped_column(Text)
+    fallback_url: Mapped[str] = mapped_column(Text)
+    callback_method: Mapped[str] = mapped_column(String(4))
+    callback_timeout_ms: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    error_status: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(128))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    created_time: Mapped[datetime | None] = mapped_column(DateTime)
+    completed_time: Mapped[datetime | None] = mapped_column(DateTime)
+    active_members: Mapped[int] = mapped_column(Integer, default=0)
+    # Event time of the event that last set active_members: later events win, whatever
+    # order they arrive in.
+    active_members_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_event_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {CONFERENCE_STATES!r}", name="state"),
+        CheckConstraint("callback_method IN ('GET', 'POST')", name="callback_method"),
+    )
+
+
+class Member(Base):
+    __tablename__ = "member"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conference_pk: Mapped[str] = mapped_column(ForeignKey("conference.id", ondelete="CASCADE"))
+    member_id: Mapped[str] = mapped_column(String(PROVIDER_ID_MAX_LENGTH))
+    call_id: Mapped[str | None] = mapped_column(String(PROVIDER_ID_MAX_LENGTH))
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    joined_at: Mapped[datetime | None] = mapped_column(DateTime)
+    left_at: Mapped[datetime | None] = mapped_column(DateTime)
+    mute: Mapped[bool] = mapped_column(default=False)
+    hold: Mapped[bool] = mapped_column(default=False)
+    # Event time of the event that last set mute/hold.
+    status_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_event_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        UniqueConstraint("conference_pk", "member_id", name="uq_member_conference_member"),
+        CheckConstraint(f"state IN {MEMBER_STATES!r}", name="state"),
+    )
+
+
+class Event(Base):
+    __tablename__ = "event"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conference_pk: Mapped[str | None] = mapped_column(
+        ForeignKey("conference.id", ondelete="SET NULL"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    unknown_type: Mapped[bool] = mapped_column(default=False)
+    conference_id: Mapped[str | None] = mapped_column(String(PROVIDER_ID_MAX_LENGTH))
+    member_id: Mapped[str | None] = mapped_column(String(PROVIDER_ID_MAX_LENGTH))
+    call_id: Mapped[str | None] = mapped_column(String(PROVIDER_ID_MAX_LENGTH))
+    status: Mapped[str | None] = mapped_column(String(64))
+    tag: Mapped[str | None] = mapped_column(String(TAG_MAX_LENGTH))
+    active_members: Mapped[int | None] = mapped_column(Integer)
+    mute: Mapped[bool | None] = mapped_column()
+    hold: Mapped[bool | None] = mapped_column()
+    # The time the event itself carries (UTC), if any; occurred_at falls back to receipt.
+    event_time: Mapped[datetime | None] = mapped_column(DateTime)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    deliveries: Mapped[int] = mapped_column(Integer, default=1)
+    channels: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(4))
+    match: Mapped[str] = mapped_column(String(16))
+    match_reason: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        CheckConstraint(f"match IN {MATCH_STATES!r}", name="match"),
+        Index("ix_event_conference_occurred", "conference_pk", "occurred_at", "id"),
+        Index("ix_event_type_occurred", "event_type", "occurred_at", "id"),
+        Index("ix_event_tag_occurred", "tag", "occurred_at", "id"),
+        Index("ix_event_match_occurred", "match", "occurred_at", "id"),
+        Index("ix_event_provider_conference", "conference_id"),
+    )
+
+
+class RejectedDelivery(Base):
+    """Deliveries refused before storage, counted per minute and reason (bounded growth)."""
+
+    __tablename__ = "rejected_delivery"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    minute: Mapped[datetime] = mapped_column(DateTime)
+    reason: Mapped[str] = mapped_column(String(32))
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    last_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("minute", "reason", name="uq_rejected_delivery_minute_reason"),
+    )

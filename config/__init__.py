@@ -1,0 +1,1 @@
+"""Deployment configuration: settings from the environment and gunicorn's config file."""
