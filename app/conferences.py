@@ -208,10 +208,12 @@ def _record_failure(session: Session, conference: Conference, exc: CatapultError
     else:
         status, code, message = None, "provider_unavailable", str(exc)
     table = Conference.__table__
-    session.execute(update(table).where(table.c.id == conference.id,
-                                        table.c.state == "pending")
-                    .values(state="failed", error_status=status, error_code=code,
-                            error_message=message))
+    this = table.c.id == conference.id
+    session.execute(update(table).where(this).values(
+        error_status=status, error_code=code, error_message=message))
+    # A callback that already arrived proves the conference exists: keep its state then.
+    session.execute(update(table).where(this, table.c.state == "pending")
+                    .values(state="failed"))
     session.refresh(conference)
     log.warning("conference %s: provider create failed: %s", conference.id, exc)
 

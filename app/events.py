@@ -181,9 +181,9 @@ def _check_value(value: Any, depth: int) -> None:
             _check_value(item, depth + 1)
 
 
-def parse(fields: Mapping[str, Any]) -> Parsed:
+def parse(fields: Any) -> Parsed:
     """Normalise one delivery's fields (from JSON, a form or a query string) into an event."""
-    payload = check_payload(dict(fields) if not isinstance(fields, dict) else fields)
+    payload = check_payload(fields)
     event_type = payload.get("eventType")
     if not isinstance(event_type, str) or not event_type.strip():
         raise _invalid("eventType", "is required")
@@ -281,7 +281,7 @@ def authenticate(secrets: Sequence[str], subject: str, key: str) -> None:
 
 
 def receive(session: Session, *, subject: str, channel: str, method: str,
-            fields: Mapping[str, Any]) -> Outcome:
+            fields: Any) -> Outcome:
     """Parse, match and record one authenticated delivery; the caller commits.
 
     ``subject`` is the conference id the URL names, or ``shared``. Raises :class:`Rejected`

@@ -1,0 +1,382 @@
+"""Callback deliveries: parsing, authentication, rejection, dedup, matching, views."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from app import db
+from app.conferences import callback_key
+from app.models import Event, RejectedDelivery
+from tests import events as ev
+from tests.conftest import AUTH, SECRET, create, path_of
+
+T0 = "2024-05-01T10:00:00.000Z"
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+DEEP = _nested(20)
+
+
+@pytest.fixture
+def conf(client: FlaskClient) -> dict[str, Any]:
+    return create(client, tag="weekly")
+
+
+def deliver(client: FlaskClient, url: str, event: dict[str, Any], method: str = "POST",
+            form: bool = False) -> Any:
+    if method == "GET":
+        return client.get(path_of(url), query_string=ev.as_query(event))
+    if form:
+        return client.post(path_of(url), data=ev.as_query(event))
+    return client.post(path_of(url), json=event)
+
+
+def events_of(client: FlaskClient, conf: dict[str, Any]) -> list[dict[str, Any]]:
+    response = client.get(f"/api/v1/conferences/{conf['id']}/events", headers=AUTH)
+    assert response.status_code == 200
+    return response.get_json()["data"]  # type: ignore[no-any-return]
+
+
+def view(client: FlaskClient, conf: dict[str, Any]) -> dict[str, Any]:
+    return client.get(f"/api/v1/conferences/{conf['id']}", headers=AUTH).get_json()
+
+
+def count(app: Flask, model: type) -> int:
+    with app.app_context():
+        return db.read_session().scalar(select(func.count()).select_from(model)) or 0
+
+
+def rejected(app: Flask, reason: str) -> int:
+    with app.app_context():
+        return db.read_session().scalar(
+            select(func.coalesce(func.sum(RejectedDelivery.count), 0))
+            .where(RejectedDelivery.reason == reason)) or 0
+
+
+def life(cid: str, tag: str = "weekly") -> list[dict[str, Any]]:
+    """A whole conference as its callbacks tell it, in the provider's order."""
+    return [
+        ev.conference(cid, "created", tag=tag, created=T0),
+        ev.member(cid, "m-1", "active", "2024-05-01T10:00:05Z", active=1, tag=tag),
+        ev.member(cid, "m-2", "active", "2024-05-01T10:00:09Z", active=2, tag=tag),
+        ev.member(cid, "m-2", "active", "2024-05-01T10:01:00Z", active=2, mute=True, tag=tag),
+        ev.media("playback", cid, "started", "2024-05-01T10:02:00Z", tag=tag),
+        ev.media("playback", cid, "done", "2024-05-01T10:02:30Z", tag=tag),
+        ev.media("speak", cid, "started", "2024-05-01T10:03:00Z", tag=tag),
+        ev.media("speak", cid, "done", "2024-05-01T10:03:04Z", tag=tag),
+        ev.member(cid, "m-1", "active", "2024-05-01T10:04:00Z", active=2, hold=True, tag=tag),
+        ev.member(cid, "m-1", "completed", "2024-05-01T10:05:00Z", active=1, hold=True,
+                  tag=tag),
+        ev.member(cid, "m-2", "completed", "2024-05-01T10:06:00Z", active=0, mute=True,
+                  tag=tag),
+        ev.conference(cid, "completed", tag=tag, created=T0, completed="2024-05-01T10:06:00Z"),
+    ]
+
+
+EXPECTED_END = {
+    "state": "completed", "activeMembers": 0,
+    "createdTime": "2024-05-01T10:00:00.000Z", "completedTime": "2024-05-01T10:06:00.000Z",
+}
+EXPECTED_MEMBERS = [
+    {"memberId": "m-1", "callId": "c-m-1", "state": "completed",
+     "joinedAt": "2024-05-01T10:00:05.000Z", "leftAt": "2024-05-01T10:05:00.000Z",
+     "mute": False, "hold": True},
+    {"memberId": "m-2", "callId": "c-m-2", "state": "completed",
+     "joinedAt": "2024-05-01T10:00:09.000Z", "leftAt": "2024-05-01T10:06:00.000Z",
+     "mute": True, "hold": False},
+]
+
+
+@pytest.mark.parametrize(("method", "form"), [("POST", False), ("GET", False),
+                                              ("POST", True)])
+def test_every_event_type_is_understood_from_each_encoding(
+        client: FlaskClient, conf: dict[str, Any], method: str, form: bool) -> None:
+    for event in life(conf["conferenceId"]):
+        response = deliver(client, conf["callbackUrl"], event, method, form)
+        assert response.status_code == 204, response.get_json()
+        assert response.data == b""
+    stored = events_of(client, conf)
+    assert [e["eventType"] for e in stored] == [e["eventType"] for e in life("x")]
+    assert all(e["match"] == "matched" and not e["unknownType"] for e in stored)
+    assert all(e["method"] == method and e["channel"] == "callback" for e in stored)
+    mute_change = stored[3]
+    assert (mute_change["memberId"], mute_change["callId"], mute_change["status"]) == (
+        "m-2", "c-m-2", "active")
+    assert mute_change["eventTime"] == "2024-05-01T10:01:00.000Z"
+    assert stored[4]["status"] == "started" and stored[7]["status"] == "done"
+    state = view(client, conf)
+    assert {k: state[k] for k in EXPECTED_END} == EXPECTED_END
+    assert state["members"] == EXPECTED_MEMBERS
+
+
+def test_get_values_are_understood_as_types(client: FlaskClient, conf: dict[str, Any]) -> None:
+    cid = conf["conferenceId"]
+    query = ev.as_query(ev.member(cid, "m-1", "active", T0, active=3, tag="weekly"))
+    query.update(mute="1", hold="TRUE")
+    assert client.get(path_of(conf["callbackUrl"]), query_string=query).status_code == 204
+    state = view(client, conf)
+    assert state["activeMembers"] == 3
+    assert state["members"][0]["mute"] is True and state["members"][0]["hold"] is True
+
+
+@pytest.mark.parametrize(("written", "utc"), [
+    ("2013-07-12T20:53:11.646Z", "2013-07-12T20:53:11.646Z"),
+    ("2013-07-12T16:26:55.685-02:00", "2013-07-12T18:26:55.685Z"),
+    ("2013-07-12T15:22:47-02", "2013-07-12T17:22:47.000Z"),
+    ("2013-07-12T15:22:47", "2013-07-12T15:22:47.000Z"),
+    ("2013-07-12T15:22:47.123456+05:30", "2013-07-12T09:52:47.123Z"),
+])
+def test_times_are_normalised_to_utc(client: FlaskClient, conf: dict[str, Any],
+                                     written: str, utc: str) -> None:
+    event = ev.media("speak", conf["conferenceId"], "started", written, tag="weekly")
+    assert deliver(client, conf["callbackUrl"], event).status_code == 204
+    assert events_of(client, conf)[0]["eventTime"] == utc
+
+
+def test_unknown_event_type_is_stored_whole_and_flagged(client: FlaskClient,
+                                                        conf: dict[str, Any]) -> None:
+    event = {"eventType": "conference-recording", "conferenceId": conf["conferenceId"],
+             "tag": "weekly", "recordingUri": "https://x/r/1", "nested": {"a": [1, 2]}}
+    assert deliver(client, conf["callbackUrl"], event).status_code == 204
+    stored = events_of(client, conf)[0]
+    assert stored["unknownType"] is True
+    assert stored["payload"] == event
+    assert stored["match"] == "matched"
+    # The same unknown event by GET (values as strings) is the same event.
+    query = {"eventType": "conference-recording", "conferenceId": conf["conferenceId"],
+             "tag": "weekly", "recordingUri": "https://x/r/1",
+             "nested": json.dumps({"a": [1, 2]}, separators=(",", ":"))}
+    assert client.get(path_of(conf["fallbackUrl"]), query_string=query).status_code == 204
+    assert events_of(client, conf)[0]["deliveries"] == 2
+
+
+def test_payload_is_kept_raw(client: FlaskClient, conf: dict[str, Any]) -> None:
+    event = ev.member(conf["conferenceId"], "m-9", "active", T0, active=1, tag="weekly")
+    event["extra"] = "kept"
+    deliver(client, conf["callbackUrl"], event)
+    assert events_of(client, conf)[0]["payload"] == event
+
+
+# -- rejection ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tamper", ["key", "subject", "channel"])
+def test_bad_callback_url_is_rejected_counted_and_stores_nothing(
+        client: FlaskClient, app: Flask, conf: dict[str, Any], tamper: str) -> None:
+    path = path_of(conf["callbackUrl"])
+    _, _, channel, subject, key = path.split("/")
+    if tamper == "key":
+        path = f"/callbacks/{channel}/{subject}/{key[:-2]}xx"
+    elif tamper == "subject":
+        other = create(client)
+        path = f"/callbacks/{channel}/{other['id']}/{key}"
+    else:
+        path = f"/callbacks/sideways/{subject}/{key}"
+    response = client.post(path, json=ev.conference(conf["conferenceId"], "created"))
+    assert response.status_code in (401, 404)
+    assert "error" in response.get_json()
+    assert count(app, Event) == 0
+    if tamper != "channel":
+        assert rejected(app, "bad_key") == 1
+
+
+def test_key_from_an_old_secret_still_verifies(env: dict[str, str]) -> None:
+    from app import create_app
+
+    old = "old-secret-key-0123456789-abcdefghijkl"
+    rotated = create_app({**env, "CONFHOOK_SECRET_KEY": "new" + SECRET,
+                          "CONFHOOK_OLD_SECRET_KEYS": old})
+    url = f"/callbacks/callback/shared/{callback_key(old, 'shared')}"
+    response = rotated.test_client().post(url, json=ev.conference("c-old", "created"))
+    assert response.status_code == 204
+    stale = f"/callbacks/callback/shared/{callback_key('x' * 40, 'shared')}"
+    assert rotated.test_client().post(stale, json={"eventType": "x"}).status_code == 401
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), [
+    ({"data": b'{"eventType": "conference",', "content_type": "application/json"}, 400,
+     "invalid_json"),
+    ({"data": b'\xff\xfe{}', "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": b'{"eventType": "x", "n": NaN}', "content_type": "application/json"}, 400,
+     "invalid_json"),
+    ({"data": b"[" * 5000 + b"]" * 5000, "content_type": "application/json"}, 400,
+     "invalid_json"),
+    ({"data": b"<xml/>", "content_type": "text/xml"}, 415, "unsupported_media_type"),
+    ({"json": [1, 2]}, 422, "invalid_event"),
+    ({"json": {"conferenceId": "c"}}, 422, "invalid_event"),
+    ({"json": {"eventType": ""}}, 422, "invalid_event"),
+    ({"json": {"eventType": "conference", "status": "exploded"}}, 422, "invalid_event"),
+    ({"json": {"eventType": "conference-member", "mute": "maybe"}}, 422, "invalid_event"),
+    ({"json": {"eventType": "conference-member", "activeMembers": -1}}, 422, "invalid_event"),
+    ({"json": {"eventType": "conference-member", "time": "yesterday"}}, 422,
+     "invalid_event"),
+    ({"json": {"eventType": "conference", "conferenceId": "c" * 200}}, 422, "invalid_event"),
+    ({"json": {"eventType": "odd", "v": "a\x00b"}}, 422, "invalid_event"),
+    ({"json": {"eventType": "odd", "v": DEEP}}, 422, "invalid_event"),
+    ({"json": {"eventType": "x", "pad": "y" * 70_000}}, 413, "payload_too_large"),
+])
+def test_bad_deliveries_get_a_precise_4xx_and_store_nothing(
+        client: FlaskClient, app: Flask, conf: dict[str, Any], kwargs: dict[str, Any],
+        status: int, code: str) -> None:
+    response = client.post(path_of(conf["callbackUrl"]), **kwargs)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+    assert count(app, Event) == 0
+    assert rejected(app, code if code != "invalid_event" else "invalid") == 1
+
+
+def test_repeated_query_field_is_refused(client: FlaskClient, conf: dict[str, Any]) -> None:
+    response = client.get(path_of(conf["callbackUrl"]) +
+                          "?eventType=conference&status=created&status=completed")
+    assert response.status_code == 422
+    assert "status" in response.get_json()["error"]["details"]
+
+
+def test_oversized_query_string_is_414(client: FlaskClient, conf: dict[str, Any]) -> None:
+    response = client.get(path_of(conf["callbackUrl"]),
+                          query_string={"eventType": "x", "pad": "y" * 70_000})
+    assert response.status_code == 414
+
+
+def test_only_get_and_post_are_allowed(client: FlaskClient, conf: dict[str, Any]) -> None:
+    response = client.put(path_of(conf["callbackUrl"]), json={})
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
+# -- dedup -------------------------------------------------------------------------------------
+
+def test_same_event_by_callback_and_fallback_get_and_post_is_stored_once(
+        client: FlaskClient, app: Flask, conf: dict[str, Any]) -> None:
+    event = ev.member(conf["conferenceId"], "m-1", "active", T0, active=1, tag="weekly")
+    assert deliver(client, conf["callbackUrl"], event, "POST").status_code == 204
+    assert deliver(client, conf["fallbackUrl"], event, "GET").status_code == 204
+    response = deliver(client, conf["callbackUrl"], event, "POST")
+    assert response.headers["X-Confhook-Event"].split("; ")[1] == "duplicate"
+    stored = events_of(client, conf)
+    assert len(stored) == 1
+    assert stored[0]["deliveries"] == 3
+    assert stored[0]["channels"] == ["callback", "fallback"]
+    assert stored[0]["method"] == "POST"
+    assert count(app, Event) == 1
+    assert view(client, conf)["activeMembers"] == 1
+
+
+def test_same_content_at_another_time_is_another_event(client: FlaskClient,
+                                                       conf: dict[str, Any]) -> None:
+    cid = conf["conferenceId"]
+    deliver(client, conf["callbackUrl"], ev.media("speak", cid, "started", T0, tag="weekly"))
+    deliver(client, conf["callbackUrl"],
+            ev.media("speak", cid, "started", "2024-05-01T10:00:00.001Z", tag="weekly"))
+    assert len(events_of(client, conf)) == 2
+
+
+def test_equal_times_in_other_offsets_are_the_same_event(client: FlaskClient,
+                                                         conf: dict[str, Any]) -> None:
+    cid = conf["conferenceId"]
+    deliver(client, conf["callbackUrl"],
+            ev.media("playback", cid, "done", "2024-05-01T12:00:00Z", tag="weekly"))
+    deliver(client, conf["fallbackUrl"],
+            ev.media("playback", cid, "done", "2024-05-01T10:00:00-02:00", tag="weekly"))
+    assert [e["deliveries"] for e in events_of(client, conf)] == [2]
+
+
+# -- matching ----------------------------------------------------------------------------------
+
+def test_wrong_tag_is_stored_as_conflict_and_not_applied(client: FlaskClient,
+                                                         conf: dict[str, Any]) -> None:
+    event = ev.member(conf["conferenceId"], "m-1", "active", T0, active=1, tag="other")
+    assert deliver(client, conf["callbackUrl"], event).status_code == 204
+    stored = events_of(client, conf)[0]
+    assert (stored["match"], stored["matchReason"]) == ("conflict", "tag_mismatch")
+    state = view(client, conf)
+    assert state["members"] == [] and state["state"] == "created"
+
+
+def test_wrong_conference_id_is_stored_as_conflict(client: FlaskClient,
+                                                   conf: dict[str, Any]) -> None:
+    event = ev.conference("conf-somebody-else", "completed", tag="weekly", completed=T0)
+    assert deliver(client, conf["callbackUrl"], event).status_code == 204
+    stored = events_of(client, conf)[0]
+    assert (stored["match"], stored["matchReason"]) == ("conflict", "conference_id_mismatch")
+    assert view(client, conf)["state"] == "created"
+
+
+def test_event_without_tag_matches_a_tagged_conference(client: FlaskClient,
+                                                       conf: dict[str, Any]) -> None:
+    deliver(client, conf["callbackUrl"], ev.conference(conf["conferenceId"], "created"))
+    assert events_of(client, conf)[0]["match"] == "matched"
+
+
+def test_shared_url_matches_by_conference_id_or_keeps_unmatched(
+        client: FlaskClient, app: Flask, conf: dict[str, Any]) -> None:
+    shared = f"/callbacks/callback/shared/{callback_key(SECRET, 'shared')}"
+    known = ev.member(conf["conferenceId"], "m-1", "active", T0, active=1, tag="weekly")
+    unknown = ev.member("conf-elsewhere", "m-1", "active", T0, active=1)
+    no_id = {"eventType": "conference-speak", "status": "done", "time": T0}
+    for event in (known, unknown, no_id):
+        assert client.post(shared, json=event).status_code == 204
+    assert events_of(client, conf)[0]["match"] == "matched"
+    assert view(client, conf)["activeMembers"] == 1
+    with app.app_context():
+        rows = db.read_session().scalars(
+            select(Event).where(Event.conference_pk.is_(None)).order_by(Event.id)).all()
+        assert [(r.match, r.match_reason) for r in rows] == [
+            ("unmatched", "unknown_conference"), ("unmatched", "no_conference_id")]
+
+
+# -- order -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_views_do_not_depend_on_arrival_order(client: FlaskClient, conf: dict[str, Any],
+                                              order: str) -> None:
+    events = life(conf["conferenceId"])
+    if order == "reversed":
+        events.reverse()
+    else:
+        events = [events[i] for i in (11, 3, 0, 9, 1, 10, 5, 2, 8, 4, 7, 6)]
+    for event in events:
+        assert deliver(client, conf["callbackUrl"], event).status_code == 204
+    state = view(client, conf)
+    assert {k: state[k] for k in EXPECTED_END} == EXPECTED_END
+    assert state["members"] == EXPECTED_MEMBERS
+
+
+def test_late_active_never_reopens_a_completed_conference(client: FlaskClient,
+                                                          conf: dict[str, Any]) -> None:
+    cid = conf["conferenceId"]
+    deliver(client, conf["callbackUrl"], ev.conference(cid, "completed", tag="weekly",
+                                                       completed="2024-05-01T11:00:00Z"))
+    deliver(client, conf["callbackUrl"],
+            ev.member(cid, "m-1", "active", "2024-05-01T10:30:00Z", active=1, tag="weekly"))
+    state = view(client, conf)
+    assert (state["state"], state["activeMembers"]) == ("completed", 0)
+    assert state["members"][0]["state"] == "active"  # its leave was never delivered
+
+
+def test_events_page_with_a_cursor(client: FlaskClient, conf: dict[str, Any]) -> None:
+    for event in life(conf["conferenceId"]):
+        deliver(client, conf["callbackUrl"], event)
+    url = f"/api/v1/conferences/{conf['id']}/events"
+    first = client.get(url, query_string={"limit": 5}, headers=AUTH).get_json()
+    assert len(first["data"]) == 5
+    second = client.get(url, query_string={"limit": 10, "cursor": first["nextCursor"]},
+                        headers=AUTH).get_json()
+    assert len(second["data"]) == 7 and second["nextCursor"] is None
+    times = [e["eventTime"] for e in first["data"] + second["data"]]
+    assert times == sorted(times)
+    for bad in ({"limit": 0}, {"limit": "x"}, {"cursor": "nope"}, {"sort": "id"}):
+        response = client.get(url, query_string=bad, headers=AUTH)
+        assert response.status_code == 400
+        assert response.get_json()["error"]["details"]
