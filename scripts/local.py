@@ -99,12 +99,13 @@ class Stack:
         return env
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        out: Any = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - child owns it
-        self.processes.append(subprocess.Popen(argv, cwd=ROOT, env=self.env(), stdout=out,
-                                               stderr=subprocess.STDOUT if out else None))
+        if self.log_dir is None:
+            self.processes.append(subprocess.Popen(argv, cwd=ROOT, env=self.env()))
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as out:  # the child keeps its own copy
+            self.processes.append(subprocess.Popen(argv, cwd=ROOT, env=self.env(), stdout=out,
+                                                   stderr=subprocess.STDOUT))
 
     def migrate(self) -> None:
         subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "migrate"], cwd=ROOT,

@@ -29,6 +29,23 @@ POSTGRES_URL = os.environ.get("CONFHOOK_TEST_POSTGRES_URL", "").strip()
 _numbers = itertools.count()
 
 
+def fresh_postgres_database() -> tuple[str, Any]:
+    """Create an empty, migrated PostgreSQL database; return its URL and a function to drop it."""
+    name = f"confhook_e2e_{os.getpid()}_{next(_numbers)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade_database(url)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
 @pytest.fixture(scope="session")
 def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database migrated to head once per run, that each test's database copies."""

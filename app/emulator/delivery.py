@@ -189,14 +189,13 @@ class Deliverer:
 
     def _deliver(self, target: Target, record: dict[str, Any]) -> None:
         with self.cond:
-            drop = self.faults.take("drop")
+            if self.faults.take("drop"):
+                record["outcome"] = "dropped"
+                return
             delay_ms = self.faults.delayMs if self.faults.take("delay") else 0
             duplicate = self.faults.take("duplicate")
             fail_callback = self.faults.take("failCallback")
             slow_callback = self.faults.take("slowCallback")
-        if drop:
-            record["outcome"] = "dropped"
-            return
         if delay_ms:
             time.sleep(delay_ms / 1000)
         for attempt in range(self.retries + 1):
