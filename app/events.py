@@ -334,8 +334,10 @@ def _match(session: Session, subject: str, event: Parsed
             if conference.conference_id is None:
                 # The callback outran the provider's 201: the URL key vouches for the
                 # conference, so take the id from the event, unless another conference has it.
+                # (The create may have filled it in since we read the row: not "another".)
                 taken = session.scalar(select(Conference.id).where(
-                    Conference.conference_id == event.conference_id))
+                    Conference.conference_id == event.conference_id,
+                    Conference.id != conference.id))
                 if taken is not None:
                     return conference, "conflict", "conference_id_taken"
                 table = Conference.__table__

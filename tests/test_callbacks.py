@@ -197,11 +197,14 @@ def test_key_from_an_old_secret_still_verifies(env: dict[str, str]) -> None:
     old = "old-secret-key-0123456789-abcdefghijkl"
     rotated = create_app({**env, "CONFHOOK_SECRET_KEY": "new" + SECRET,
                           "CONFHOOK_OLD_SECRET_KEYS": old})
-    url = f"/callbacks/callback/shared/{callback_key(old, 'shared')}"
-    response = rotated.test_client().post(url, json=ev.conference("c-old", "created"))
-    assert response.status_code == 204
-    stale = f"/callbacks/callback/shared/{callback_key('x' * 40, 'shared')}"
-    assert rotated.test_client().post(stale, json={"eventType": "x"}).status_code == 401
+    try:
+        url = f"/callbacks/callback/shared/{callback_key(old, 'shared')}"
+        response = rotated.test_client().post(url, json=ev.conference("c-old", "created"))
+        assert response.status_code == 204
+        stale = f"/callbacks/callback/shared/{callback_key('x' * 40, 'shared')}"
+        assert rotated.test_client().post(stale, json={"eventType": "x"}).status_code == 401
+    finally:
+        db.database(rotated).engine.dispose()
 
 
 @pytest.mark.parametrize(("kwargs", "status", "code"), [

@@ -113,7 +113,8 @@ def test_every_delivered_event_is_stored_once_and_matched(stack: Stack, case: st
     finally:
         faults(stack, **dict.fromkeys(injected, 0))
     report = verify(stack, [conference["id"]])
-    assert report.ok, (report.missing, report.stored_twice, report.unmatched)
+    assert report.ok, (report.missing, report.stored_twice,
+                       [(e["eventType"], e["matchReason"]) for e in report.unmatched])
     assert report.delivered == report.emitted > 10
     assert report.stored == report.delivered
     assert_views_agree(stack, conference)

@@ -89,12 +89,16 @@ class Emulator:
     def audio(self, user_id: str, conference_id: str, body: dict[str, Any]) -> None:
         kind, started = self.store.start_audio(user_id, conference_id, body)
         self.emit(conference_id, [started])
+        self.deliverer.expect()  # the done event is owed: the emulator is not idle until sent
 
         def finish() -> None:
-            with self.store.lock:
-                conference = self.store.get(conference_id)
-                done = self.store.media_event(user_id, conference, kind, "done")
-            self.emit(conference_id, [done])
+            try:
+                with self.store.lock:
+                    conference = self.store.get(conference_id)
+                    done = self.store.media_event(user_id, conference, kind, "done")
+                self.emit(conference_id, [done])
+            finally:
+                self.deliverer.fulfil()
 
         timer = threading.Timer(self.config.media_ms / 1000, finish)
         timer.daemon = True
@@ -223,7 +227,8 @@ def idle() -> Response:
     except ValueError:
         raise bad_request("invalid-property", "wait must be seconds") from None
     deliverer = _emulator().deliverer
-    done = deliverer.wait_idle(wait) and _emulator().scenarios.wait_idle(wait)
+    # Scenarios first: a running one still emits events after the deliverer drains.
+    done = _emulator().scenarios.wait_idle(wait) and deliverer.wait_idle(wait)
     return jsonify(idle=done, pending=deliverer.pending)
 
 

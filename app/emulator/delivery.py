@@ -153,6 +153,15 @@ class Deliverer:
         with self.cond:
             return self.faults.take("early")
 
+    def expect(self) -> None:
+        """Count an event that will be sent later (so the emulator is not idle meanwhile)."""
+        with self.cond:
+            self.pending += 1
+
+    def fulfil(self) -> None:
+        """Settle one :meth:`expect`."""
+        self._done()
+
     def _done(self) -> None:
         with self.cond:
             self.pending -= 1
