@@ -383,3 +383,21 @@ def test_events_page_with_a_cursor(client: FlaskClient, conf: dict[str, Any]) ->
         response = client.get(url, query_string=bad, headers=AUTH)
         assert response.status_code == 400
         assert response.get_json()["error"]["details"]
+
+
+def test_database_outage_is_503_with_retry_after_never_a_4xx(env: dict[str, str],
+                                                              tmp_path: Any) -> None:
+    from app import create_app
+
+    # A database that cannot be opened: the provider must retry or fall back, not give up.
+    broken = create_app({**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'missing' / 'x.db'}"})
+    try:
+        url = f"/callbacks/callback/shared/{callback_key(SECRET, 'shared')}"
+        response = broken.test_client().post(url, json=ev.conference("c-1", "created"))
+        assert response.status_code == 503
+        assert response.headers["Retry-After"]
+        assert response.get_json()["error"]["code"] == "database_unavailable"
+        response = broken.test_client().get("/api/v1/conferences/x", headers=AUTH)
+        assert response.status_code == 503
+    finally:
+        db.database(broken).engine.dispose()

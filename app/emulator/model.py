@@ -263,7 +263,8 @@ class Store:
             conference.fallback_url = fallback or conference.fallback_url
             conference.callback_method = method or conference.callback_method
             conference.callback_timeout_ms = timeout or conference.callback_timeout_ms
-            conference.tag = tag if "tag" in body else conference.tag
+            # Clients send every field, unset ones as null: null means "leave as it is".
+            conference.tag = tag if tag is not None else conference.tag
             events: list[dict] = []
             if hold is not None or mute is not None:
                 conference.hold = conference.hold if hold is None else hold
