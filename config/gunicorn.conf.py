@@ -35,5 +35,11 @@ errorlog = "-"
 loglevel = os.environ.get("CONFHOOK_LOG_LEVEL", "info")
 # Honour X-Forwarded-* only from these proxy addresses.
 forwarded_allow_ips = os.environ.get("CONFHOOK_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# gunicorn's control socket (gunicornc) is off unless a path is given: its default, one per
+# user under $HOME, would be shared by every instance on the host.
+_control_socket = os.environ.get("CONFHOOK_CONTROL_SOCKET", "").strip()
+if _control_socket:
+    control_socket = _control_socket
+control_socket_disable = not _control_socket
 # Callback URLs carry their key in the path: log the path without it.
 access_log_format = '%(h)s "%(m)s %({confhook.log_path}e)s" %(s)s %(B)s %(M)sms'

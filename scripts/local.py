@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", action="store_true",
                         help="play scenarios end to end, print a summary, then stop")
     args = parser.parse_args(argv)
+    # A plain `kill` must stop the children too: turn SIGTERM into an orderly exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     instance = ROOT / "instance"
     values = local_secrets(instance)
     service_port = int(os.environ.get("CONFHOOK_PORT", "8000"))
