@@ -9,8 +9,8 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import db, events
-from app.conferences import CHANNELS
 from app.errors import APIError
+from app.keys import CHANNELS
 from app.payload import decode_json, is_json, single_values
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")

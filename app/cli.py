@@ -11,7 +11,7 @@ from alembic.config import Config
 from flask import Flask, current_app
 from sqlalchemy.engine import make_url
 
-from app import conferences, db
+from app import conferences, db, keys
 from config.settings import PROJECT_ROOT
 
 
@@ -73,7 +73,7 @@ def create_conference_command(from_number: str, tag: str | None, callback_method
 @click.command("shared-callback-url")
 def shared_callback_url_command() -> None:
     """Print the shared callback and fallback URLs, for conferences made elsewhere."""
-    callback, fallback = conferences.callback_urls(current_app.config, conferences.SHARED)
+    callback, fallback = keys.callback_urls(current_app.config, keys.SHARED)
     click.echo(f"callbackUrl: {callback}\nfallbackUrl: {fallback}")
 
 

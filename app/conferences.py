@@ -9,12 +9,9 @@ provider and records the outcome, the caller commits again.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +24,7 @@ from app.catapult import (
     CatapultError,
     CatapultTimeout,
 )
+from app.keys import callback_urls
 from app.models import TAG_MAX_LENGTH, Conference, Event, Member, new_conference_id
 
 log = logging.getLogger(__name__)
@@ -34,8 +32,6 @@ log = logging.getLogger(__name__)
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 CALLBACK_TIMEOUT_RANGE = (100, 10_000)
 CREATE_FIELDS = ("from", "tag", "callbackHttpMethod", "callbackTimeout")
-CHANNELS = ("callback", "fallback")
-SHARED = "shared"
 
 
 class InvalidRequest(Exception):
@@ -61,33 +57,6 @@ class CreateRequest:
     tag: str | None
     callback_method: str
     callback_timeout_ms: int
-
-
-# -- callback URLs and their keys -----------------------------------------------------------
-
-def callback_key(secret: str, subject: str) -> str:
-    """Return the URL key for ``subject`` (a conference id, or ``shared``) under ``secret``."""
-    digest = hmac.new(secret.encode(), f"confhook-callback:{subject}".encode(),
-                      hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:18]).decode()
-
-
-def key_matches(secrets: Iterable[str], subject: str, key: str) -> bool:
-    """Tell whether ``key`` is ``subject``'s key under any of ``secrets`` (current first).
-
-    Every secret is tried, so the time taken does not reveal which one matched.
-    """
-    ok = False
-    for secret in secrets:
-        ok |= hmac.compare_digest(callback_key(secret, subject), key)
-    return ok
-
-
-def callback_urls(config: Mapping[str, Any], subject: str) -> tuple[str, str]:
-    """Return the (callback, fallback) URLs for ``subject``; they differ only in the channel."""
-    key = callback_key(config["CONFHOOK_SECRET_KEY"], subject)
-    return (f"{config['CONFHOOK_PUBLIC_URL']}/callbacks/callback/{subject}/{key}",
-            f"{config['CONFHOOK_FALLBACK_URL']}/callbacks/fallback/{subject}/{key}")
 
 
 # -- create -----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.conferences import SHARED, key_matches
+from app.keys import SHARED, key_matches
 from app.models import (
     CHANNEL_BITS,
     PROVIDER_ID_MAX_LENGTH,

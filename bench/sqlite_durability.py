@@ -18,7 +18,7 @@ from flask import Flask, Response, request
 
 from app import create_app
 from app.cli import upgrade_database
-from app.conferences import callback_key
+from app.keys import callback_key
 
 SECRET = "bench-secret-key-0123456789-abcdefghijkl"
 

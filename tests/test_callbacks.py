@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from app import db
-from app.conferences import callback_key
+from app.keys import callback_key
 from app.models import Event, RejectedDelivery
 from tests import events as ev
 from tests.conftest import AUTH, SECRET, create, path_of
