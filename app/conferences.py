@@ -18,11 +18,13 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from app import events
 from app.catapult import (
     CatapultAPIError,
     CatapultClient,
     CatapultError,
     CatapultTimeout,
+    CatapultUnavailable,
 )
 from app.keys import callback_urls
 from app.models import TAG_MAX_LENGTH, Conference, Event, Member, new_conference_id
@@ -185,6 +187,38 @@ def _record_failure(session: Session, conference: Conference, exc: CatapultError
                     .values(state="failed"))
     session.refresh(conference)
     log.warning("conference %s: provider create failed: %s", conference.id, exc)
+
+
+# -- actions through the provider ---------------------------------------------------------------
+
+class NotOnProvider(Exception):
+    """The conference has no provider id (its create failed or is still pending)."""
+
+
+def terminate(client: CatapultClient, conference: Conference) -> None:
+    """Ask the provider to end ``conference``; its callbacks then complete the view."""
+    if conference.conference_id is None:
+        raise NotOnProvider(conference.id)
+    try:
+        client.update_conference(conference.conference_id, {"state": "completed"})
+    except CatapultError as exc:
+        raise ProviderFailed(conference, exc) from exc
+
+
+def refresh(session: Session, client: CatapultClient, conference: Conference) -> list[str]:
+    """Reconcile the conference's view with the provider's ``GET``; return what changed."""
+    if conference.conference_id is None:
+        raise NotOnProvider(conference.id)
+    try:
+        remote = client.get_conference(conference.conference_id)
+        remote_members = client.list_members(conference.conference_id)
+    except CatapultError as exc:
+        raise ProviderFailed(conference, exc) from exc
+    if not isinstance(remote, dict) or not isinstance(remote_members, list):
+        raise ProviderFailed(conference, CatapultUnavailable("provider answered an "
+                                                             "unexpected shape"))
+    return events.reconcile(session, conference, remote,
+                            [m for m in remote_members if isinstance(m, dict)])
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -38,6 +38,17 @@ def error_response(status: int, code: str, message: str,
     return response
 
 
+def _flatten(messages: dict[str, Any]) -> dict[str, str]:
+    """``{"query": {"limit": ["Must be..."]}}`` -> ``{"limit": "Must be..."}``."""
+    details: dict[str, str] = {}
+    for fields in messages.values():
+        items = fields.items() if isinstance(fields, dict) else [("body", fields)]
+        for name, problems in items:
+            text = "; ".join(map(str, problems)) if isinstance(problems, list) else str(problems)
+            details[str(name)[:64]] = text[:300]
+    return details
+
+
 def _code_for(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
 
@@ -52,6 +63,13 @@ def register_errorhandlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        data = getattr(exc, "data", None)
+        if isinstance(data, dict) and isinstance(data.get("messages"), dict):
+            # Argument validation (webargs): name every bad parameter or field.
+            where = "query parameters" if "query" in data["messages"] else "request body"
+            code = "invalid_parameter" if status == 400 else "invalid_request"
+            return error_response(status, code, f"invalid {where}",
+                                  _flatten(data["messages"]), data.get("headers"))
         response = error_response(status, _code_for(exc), exc.description or exc.name)
         if status == 405 and exc.response is None:
             allowed = getattr(exc, "valid_methods", None)

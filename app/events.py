@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -438,6 +438,153 @@ def count_rejection(session: Session, reason: str) -> None:
         index_elements=[table.c.minute, table.c.reason],
         set_={"count": table.c.count + 1, "last_at": now},
     ))
+
+
+# -- re-matching ------------------------------------------------------------------------------
+
+@dataclass
+class RematchReport:
+    examined: int = 0
+    matched: int = 0
+    conflict: int = 0
+    unmatched: int = 0
+    remaining: int = 0
+
+
+def rematch(session: Session, event: Event) -> tuple[str, str | None]:
+    """Match a stored unmatched or conflicting event again; apply it if it now matches.
+
+    An event that came through a conference's own URL is judged against that conference only
+    (the URL key vouched for it); one from the shared URL is looked up by ``conferenceId``.
+    The caller commits.
+    """
+    if event.match == "matched":
+        return event.match, event.match_reason
+    try:
+        parsed = parse(event.payload)
+    except Rejected:
+        return event.match, event.match_reason
+    subject = event.conference_pk or SHARED
+    conference, match, reason = _match(session, subject, parsed)
+    table = Event.__table__
+    session.execute(update(table).where(table.c.id == event.id, table.c.match != "matched")
+                    .values(conference_pk=conference.id if conference else None,
+                            match=match, match_reason=reason))
+    if match == "matched" and conference is not None:
+        apply(session, conference.id, parsed, event.occurred_at)
+    session.refresh(event)
+    return match, reason
+
+
+def rematch_many(session: Session, kinds: Sequence[str], conference_pk: str | None = None,
+                 limit: int = 10_000) -> RematchReport:
+    """Re-match up to ``limit`` events whose match is one of ``kinds``; the caller commits."""
+    report = RematchReport()
+    base = select(Event).where(Event.match.in_(kinds))
+    if conference_pk is not None:
+        base = base.where(Event.conference_pk == conference_pk)
+    after = 0
+    while report.examined < limit:
+        batch = list(session.scalars(base.where(Event.id > after).order_by(Event.id)
+                                     .limit(min(500, limit - report.examined))))
+        if not batch:
+            break
+        for event in batch:
+            after = event.id
+            match, _ = rematch(session, event)
+            report.examined += 1
+            setattr(report, match, getattr(report, match) + 1)
+        session.flush()
+    report.remaining = session.scalar(
+        select(func.count()).select_from(base.where(Event.id > after).subquery())) or 0
+    return report
+
+
+# -- reconciling with the provider -------------------------------------------------------------
+
+def reconcile(session: Session, conference: Conference, remote: Mapping[str, Any],
+              remote_members: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Bring a conference's view in line with the provider's own record of it.
+
+    For when callbacks were lost. States only move forward, and mute/hold take the
+    provider's current values; returns what changed, in words. The caller commits.
+    """
+    changes: list[str] = []
+    now = utcnow()
+    conf = Conference.__table__
+    this = conf.c.id == conference.id
+    state = remote.get("state")
+    created = _remote_time(remote, "createdTime")
+    completed = _remote_time(remote, "completedTime")
+    if created is not None and conference.created_time is None:
+        session.execute(update(conf).where(this).values(created_time=created))
+        changes.append("createdTime")
+    if state == "completed" and conference.state != "completed":
+        session.execute(update(conf).where(this).values(
+            state="completed", completed_time=completed or now, active_members=0,
+            active_members_at=completed or now))
+        changes.append(f"state {conference.state} -> completed")
+    elif state == "active" and conference.state in ("pending", "failed", "created"):
+        session.execute(update(conf).where(this).values(state="active"))
+        changes.append(f"state {conference.state} -> active")
+    elif state == "created" and conference.state in ("pending", "failed"):
+        session.execute(update(conf).where(this).values(state="created"))
+        changes.append(f"state {conference.state} -> created")
+    active = remote.get("activeMembers")
+    if isinstance(active, int) and not isinstance(active, bool) and state != "completed" \
+            and active != conference.active_members:
+        session.execute(update(conf).where(this).values(active_members=active,
+                                                        active_members_at=now))
+        changes.append(f"activeMembers {conference.active_members} -> {active}")
+    known = {m.member_id: m for m in session.scalars(
+        select(Member).where(Member.conference_pk == conference.id))}
+    for item in remote_members:
+        member_id = item.get("id")
+        if not isinstance(member_id, str) or not member_id:
+            continue
+        changes.extend(_reconcile_member(session, conference.id, known.get(member_id), item,
+                                         now))
+    session.refresh(conference)
+    return changes
+
+
+def _remote_time(item: Mapping[str, Any], name: str) -> datetime | None:
+    try:
+        return parse_time(item.get(name), name)
+    except Rejected:
+        return None
+
+
+def _reconcile_member(session: Session, conference_pk: str, member: Member | None,
+                      item: Mapping[str, Any], now: datetime) -> list[str]:
+    members = Member.__table__
+    member_id = item["id"]
+    call = item.get("call")
+    call_id = call.rstrip("/").rsplit("/", 1)[-1] if isinstance(call, str) and call else None
+    added, removed = _remote_time(item, "addedTime"), _remote_time(item, "removedTime")
+    state = "completed" if item.get("state") == "completed" else "active"
+    mute, hold = item.get("mute") is True, item.get("hold") is True
+    if member is None:
+        session.execute(_insert(session, members).values(
+            conference_pk=conference_pk, member_id=member_id, call_id=call_id, state=state,
+            joined_at=added, left_at=removed, mute=mute, hold=hold, status_at=now,
+            last_event_at=None,
+        ).on_conflict_do_nothing(index_elements=[members.c.conference_pk, members.c.member_id]))
+        return [f"member {member_id} added"]
+    this = (members.c.conference_pk == conference_pk) & (members.c.member_id == member_id)
+    changes: list[str] = []
+    values: dict[str, Any] = {}
+    if state == "completed" and member.state != "completed":
+        values.update(state="completed", left_at=removed or now)
+        changes.append(f"member {member_id} left")
+    if member.joined_at is None and added is not None:
+        values["joined_at"] = added
+    if (mute, hold) != (member.mute, member.hold):
+        values.update(mute=mute, hold=hold, status_at=now)
+        changes.append(f"member {member_id} mute={mute} hold={hold}")
+    if values:
+        session.execute(update(members).where(this).values(**values))
+    return changes
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -138,6 +138,8 @@ class Event(Base):
         Index("ix_event_conference_occurred", "conference_pk", "occurred_at", "id"),
         Index("ix_event_type_occurred", "event_type", "occurred_at", "id"),
         Index("ix_event_tag_occurred", "tag", "occurred_at", "id"),
+        Index("ix_event_tag_type_occurred", "tag", "event_type", "occurred_at", "id"),
+        Index("ix_event_first_received", "first_received_at"),
         Index("ix_event_match_occurred", "match", "occurred_at", "id"),
         Index("ix_event_provider_conference", "conference_id"),
     )

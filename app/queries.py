@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from app.models import CHANNEL_BITS, Conference, Event, Member, RejectedDelivery, utcnow
 
+MAX_LIMIT = 1000
+
 
 class InvalidQuery(Exception):
     """A query parameter is wrong; ``field`` names it."""

@@ -1,0 +1,157 @@
+"""Conference endpoints: create, list, view, members, events, terminate, refresh."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from flask import Response, current_app, url_for
+
+from app import conferences, db, queries
+from app.api import (
+    PROVIDER_ERRORS,
+    QUERY,
+    bp,
+    conference_or_404,
+    document_errors,
+    invalid_query,
+    json_body,
+    naive,
+    ok,
+    provider,
+    provider_error,
+    query_key,
+    schemas,
+)
+from app.api.event_views import event_filter, event_page
+from app.api.represent import conference_json, counts_json, member_detail_json
+from app.errors import APIError
+from app.models import Conference
+
+
+@bp.post("/conferences")
+@bp.doc(requestBody={"required": True, "content": {
+    "application/json": {"schema": schemas.ConferenceCreateBody}}})
+@bp.response(201, schemas.Conference, headers={"Location": {
+    "description": "The new conference's URL", "schema": {"type": "string"}}})
+@document_errors(400, 401, 413, 415, 422, *PROVIDER_ERRORS)
+def create_conference() -> Response:
+    """Create a conference on the provider with this service's callback URLs."""
+    try:
+        create = conferences.parse_create(json_body(), current_app.config)
+    except conferences.InvalidRequest as exc:
+        raise APIError(422, "invalid_request", str(exc), exc.details) from None
+    session = db.write_session()
+    conference = conferences.prepare(session, create, current_app.config)
+    # Committed before the provider is called: its callbacks may arrive before its answer.
+    session.commit()
+    try:
+        conferences.submit(session, provider(), conference)
+    except conferences.ProviderFailed as exc:
+        session.commit()
+        raise provider_error(exc, creating=True) from None
+    session.commit()
+    return ok(conference_json(conference, []), 201,
+              {"Location": url_for("api.get_conference", ident=conference.id)})
+
+
+@bp.get("/conferences")
+@bp.arguments(schemas.ConferenceListArgs, **QUERY)
+@bp.response(200, schemas.ConferencePage)
+@document_errors(400, 401)
+def list_conferences(args: dict[str, Any]) -> Response:
+    """List conferences, newest first by default, with filters and a cursor."""
+    flt = queries.ConferenceFilter(
+        tag=args.get("tag"), states=tuple(args.get("state") or ()),
+        created_after=naive(args.get("createdAfter")),
+        created_before=naive(args.get("createdBefore")),
+        completed_after=naive(args.get("completedAfter")),
+        completed_before=naive(args.get("completedBefore")),
+        has_conflicts=args.get("hasConflicts"), has_unmatched=args.get("hasUnmatched"))
+    key = query_key(args)
+    try:
+        after = (queries.decode_cursor(args["cursor"], key, str) if "cursor" in args
+                 else None)
+    except queries.InvalidQuery as exc:
+        raise invalid_query(exc) from None
+    page = queries.conferences_page(db.read_session(), flt,
+                                    descending=args["sort"].startswith("-"), after=after,
+                                    limit=args["limit"])
+    cursor = queries.encode_cursor(key, *page.next_key) if page.next_key else None
+    return ok({"data": [conference_json(c) for c in page.items], "nextCursor": cursor})
+
+
+@bp.get("/conferences/<ident>")
+@bp.arguments(schemas.NoArgs, **QUERY)
+@bp.response(200, schemas.ConferenceView)
+@document_errors(400, 401, 404)
+def get_conference(args: dict[str, Any], ident: str) -> Response:
+    """One conference (by local id or provider conferenceId): its view, members and counts."""
+    conference = conference_or_404(ident)
+    session = db.read_session()
+    body = conference_json(conference, conferences.members(session, conference))
+    body["events"] = counts_json(queries.conference_counts(session, conference.id))
+    response = ok(body)
+    response.last_modified = max(filter(None, (conference.updated_at,
+                                               conference.last_event_at))).replace(tzinfo=UTC)
+    return response
+
+
+@bp.get("/conferences/<ident>/members")
+@bp.arguments(schemas.NoArgs, **QUERY)
+@bp.response(200, schemas.MemberList)
+@document_errors(400, 401, 404)
+def conference_members(args: dict[str, Any], ident: str) -> Response:
+    """Each member's join and leave times, duration, and its state/mute/hold history."""
+    conference = conference_or_404(ident)
+    histories = queries.member_histories(db.read_session(), conference)
+    return ok({"data": [member_detail_json(h) for h in histories]})
+
+
+@bp.get("/conferences/<ident>/events")
+@bp.arguments(schemas.ConferenceEventListArgs, **QUERY)
+@bp.response(200, schemas.EventPage)
+@document_errors(400, 401, 404)
+def conference_events(args: dict[str, Any], ident: str) -> Response:
+    """A conference's events in event-time order, with filters and a cursor."""
+    conference = conference_or_404(ident)
+    return event_page(event_filter(args, conference.id), args)
+
+
+@bp.post("/conferences/<ident>/terminate")
+@bp.response(202, schemas.Conference)
+@document_errors(401, 404, 409, *PROVIDER_ERRORS)
+def terminate_conference(ident: str) -> Response:
+    """Ask the provider to end the conference; its callbacks then complete the view."""
+    conference = conference_or_404(ident)
+    try:
+        conferences.terminate(provider(), conference)
+    except conferences.NotOnProvider:
+        raise APIError(409, "not_on_provider", "the conference was never created on the "
+                       "provider", {"conference": conference.id, "state": conference.state}
+                       ) from None
+    except conferences.ProviderFailed as exc:
+        raise provider_error(exc) from None
+    return ok(conference_json(conference), 202)
+
+
+@bp.post("/conferences/<ident>/refresh")
+@bp.response(200, schemas.Refreshed)
+@document_errors(401, 404, 409, *PROVIDER_ERRORS)
+def refresh_conference(ident: str) -> Response:
+    """Reconcile the view with the provider's own record, for when callbacks were lost."""
+    conference = conference_or_404(ident)
+    session = db.write_session()
+    conference = session.get(Conference, conference.id) or conference
+    try:
+        changes = conferences.refresh(session, provider(), conference)
+    except conferences.NotOnProvider:
+        raise APIError(409, "not_on_provider", "the conference was never created on the "
+                       "provider", {"conference": conference.id, "state": conference.state}
+                       ) from None
+    except conferences.ProviderFailed as exc:
+        raise provider_error(exc) from None
+    session.commit()
+    members = conferences.members(session, conference)
+    return ok({"conference": conference_json(conference, members), "changes": changes})
+

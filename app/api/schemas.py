@@ -1,0 +1,249 @@
+"""Marshmallow schemas: they validate query strings and bodies, and document every response.
+
+Responses are built by the functions in ``represent``; the schemas here describe them for the
+OpenAPI document, and the test suite checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import marshmallow as ma
+from marshmallow import fields, validate
+from webargs.fields import DelimitedList
+
+from app.conferences import CALLBACK_TIMEOUT_RANGE, E164
+from app.events import KNOWN_TYPES
+from app.models import CONFERENCE_STATES, MATCH_STATES, TAG_MAX_LENGTH
+from app.queries import MAX_LIMIT
+
+Time = lambda **kw: fields.AwareDateTime(default_timezone=UTC, **kw)  # noqa: E731
+ID_LENGTH = validate.Length(min=1, max=128)
+
+
+class Strict(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+        ordered = True
+
+
+# -- arguments --------------------------------------------------------------------------------
+
+class PageArgs(Strict):
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, MAX_LIMIT),
+                           metadata={"description": "Items per page."})
+    cursor = fields.String(validate=validate.Length(max=512),
+                           metadata={"description": "nextCursor of the previous page."})
+
+
+class ConferenceListArgs(PageArgs):
+    tag = fields.String(validate=validate.Length(max=TAG_MAX_LENGTH))
+    state = DelimitedList(fields.String(validate=validate.OneOf(CONFERENCE_STATES)),
+                          metadata={"description": "One or more states, comma-separated."})
+    createdAfter = Time(metadata={"description": "Created here at or after (ISO 8601)."})
+    createdBefore = Time()
+    completedAfter = Time(metadata={"description": "Completed (provider time) at or after."})
+    completedBefore = Time()
+    hasConflicts = fields.Boolean(
+        metadata={"description": "Has events stored as conflicting with it."})
+    hasUnmatched = fields.Boolean(
+        metadata={"description": "Has unmatched events that name its conferenceId."})
+    sort = fields.String(load_default="-createdAt",
+                         validate=validate.OneOf(("createdAt", "-createdAt")))
+
+
+class EventFilterArgs(Strict):
+    eventType = DelimitedList(fields.String(validate=validate.Length(min=1, max=64)),
+                              metadata={"description": "One or more types, comma-separated: "
+                                                       + ", ".join(KNOWN_TYPES) + ", ..."})
+    tag = fields.String(validate=validate.Length(max=TAG_MAX_LENGTH))
+    memberId = fields.String(validate=ID_LENGTH)
+    callId = fields.String(validate=ID_LENGTH)
+    match = DelimitedList(fields.String(validate=validate.OneOf(MATCH_STATES)))
+    channel = fields.String(validate=validate.OneOf(("callback", "fallback")),
+                            metadata={"description": "Came through this URL (at least once)."})
+    since = Time(metadata={"description": "Event time at or after (ISO 8601)."})
+    until = Time(metadata={"description": "Event time before (ISO 8601)."})
+    unknownType = fields.Boolean()
+    order = fields.String(load_default="asc", validate=validate.OneOf(("asc", "desc")),
+                          metadata={"description": "By event time."})
+
+
+class EventListArgs(EventFilterArgs, PageArgs):
+    conference = fields.String(validate=ID_LENGTH,
+                               metadata={"description": "Local id or provider conferenceId."})
+
+
+class ConferenceEventListArgs(EventFilterArgs, PageArgs):
+    pass
+
+
+class ExportArgs(EventFilterArgs):
+    conference = fields.String(validate=ID_LENGTH)
+    format = fields.String(load_default="ndjson", validate=validate.OneOf(("ndjson", "csv")))
+
+
+class StatsArgs(Strict):
+    since = Time(metadata={"description": "Window start; default one hour before until."})
+    until = Time(metadata={"description": "Window end; default now."})
+
+
+class NoArgs(Strict):
+    pass
+
+
+class RematchBody(Strict):
+    match = fields.List(fields.String(validate=validate.OneOf(("unmatched", "conflict"))),
+                        load_default=lambda: ["unmatched", "conflict"],
+                        validate=validate.Length(min=1))
+    conference = fields.String(validate=ID_LENGTH)
+    limit = fields.Integer(load_default=10_000, validate=validate.Range(1, 100_000))
+
+
+class ConferenceCreateBody(Strict):
+    """Documents the create body; ``conferences.parse_create`` validates it."""
+
+    from_ = fields.String(required=True, data_key="from",
+                          validate=validate.Regexp(E164.pattern),
+                          metadata={"example": "+19195551212"})
+    tag = fields.String(validate=validate.Length(max=TAG_MAX_LENGTH), allow_none=True)
+    callbackHttpMethod = fields.String(validate=validate.OneOf(("GET", "POST")))
+    callbackTimeout = fields.Integer(validate=validate.Range(*CALLBACK_TIMEOUT_RANGE))
+
+
+# -- responses --------------------------------------------------------------------------------
+
+class ErrorBody(ma.Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict()
+
+
+class Error(ma.Schema):
+    error = fields.Nested(ErrorBody, required=True)
+
+
+class ProviderErrorInfo(ma.Schema):
+    status = fields.Integer(allow_none=True)
+    code = fields.String(allow_none=True)
+    message = fields.String(allow_none=True)
+
+
+class Member(ma.Schema):
+    memberId = fields.String(required=True)
+    callId = fields.String(allow_none=True)
+    state = fields.String(required=True)
+    joinedAt = fields.String(allow_none=True)
+    leftAt = fields.String(allow_none=True)
+    mute = fields.Boolean(required=True)
+    hold = fields.Boolean(required=True)
+
+
+class Conference(ma.Schema):
+    id = fields.String(required=True)
+    conferenceId = fields.String(allow_none=True)
+    from_ = fields.String(required=True, data_key="from")
+    tag = fields.String(allow_none=True)
+    state = fields.String(required=True, validate=validate.OneOf(CONFERENCE_STATES))
+    callbackUrl = fields.String(required=True)
+    fallbackUrl = fields.String(required=True)
+    callbackHttpMethod = fields.String(required=True)
+    callbackTimeout = fields.Integer(required=True)
+    createdAt = fields.String(required=True)
+    createdTime = fields.String(allow_none=True)
+    completedTime = fields.String(allow_none=True)
+    activeMembers = fields.Integer(required=True)
+    lastEventAt = fields.String(allow_none=True)
+    error = fields.Nested(ProviderErrorInfo, allow_none=True)
+    members = fields.List(fields.Nested(Member))
+
+
+class Counts(ma.Schema):
+    total = fields.Integer(required=True)
+    byType = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    deliveries = fields.Integer(required=True)
+    duplicates = fields.Integer(required=True)
+    fallbacks = fields.Integer(required=True)
+    conflicts = fields.Integer(required=True)
+    unknownType = fields.Integer(required=True)
+
+
+class ConferenceView(Conference):
+    events = fields.Nested(Counts, required=True)
+
+
+class ConferencePage(ma.Schema):
+    data = fields.List(fields.Nested(Conference), required=True)
+    nextCursor = fields.String(allow_none=True, required=True)
+
+
+class MemberChange(ma.Schema):
+    time = fields.String(required=True)
+    state = fields.String(allow_none=True)
+    mute = fields.Boolean(allow_none=True)
+    hold = fields.Boolean(allow_none=True)
+    activeMembers = fields.Integer(allow_none=True)
+
+
+class MemberDetail(Member):
+    durationSeconds = fields.Float(allow_none=True)
+    history = fields.List(fields.Nested(MemberChange), required=True)
+
+
+class MemberList(ma.Schema):
+    data = fields.List(fields.Nested(MemberDetail), required=True)
+
+
+class Event(ma.Schema):
+    id = fields.Integer(required=True)
+    eventType = fields.String(required=True)
+    unknownType = fields.Boolean(required=True)
+    conference = fields.String(allow_none=True)
+    conferenceId = fields.String(allow_none=True)
+    memberId = fields.String(allow_none=True)
+    callId = fields.String(allow_none=True)
+    status = fields.String(allow_none=True)
+    tag = fields.String(allow_none=True)
+    eventTime = fields.String(allow_none=True)
+    receivedAt = fields.String(required=True)
+    lastReceivedAt = fields.String(required=True)
+    channel = fields.String(allow_none=True)
+    channels = fields.List(fields.String(), required=True)
+    method = fields.String(required=True)
+    deliveries = fields.Integer(required=True)
+    match = fields.String(required=True, validate=validate.OneOf(MATCH_STATES))
+    matchReason = fields.String(allow_none=True)
+    payload = fields.Dict(required=True)
+
+
+class EventPage(ma.Schema):
+    data = fields.List(fields.Nested(Event), required=True)
+    nextCursor = fields.String(allow_none=True, required=True)
+
+
+class RematchOne(ma.Schema):
+    event = fields.Nested(Event, required=True)
+    before = fields.String(required=True)
+    after = fields.String(required=True)
+
+
+class RematchReport(ma.Schema):
+    examined = fields.Integer(required=True)
+    matched = fields.Integer(required=True)
+    conflict = fields.Integer(required=True)
+    unmatched = fields.Integer(required=True)
+    remaining = fields.Integer(required=True)
+
+
+class Refreshed(ma.Schema):
+    conference = fields.Nested(Conference, required=True)
+    changes = fields.List(fields.String(), required=True)
+
+
+class Stats(ma.Schema):
+    since = fields.String(required=True)
+    until = fields.String(required=True)
+    events = fields.Dict(required=True)
+    rejectedDeliveries = fields.Dict(required=True)
+    conferences = fields.Dict(required=True)
+    ratesPerMinute = fields.Dict(required=True)
