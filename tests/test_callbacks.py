@@ -15,8 +15,7 @@ from app.keys import callback_key
 from app.models import Event, RejectedDelivery
 from tests import events as ev
 from tests.conftest import AUTH, SECRET, create, path_of
-
-T0 = "2024-05-01T10:00:00.000Z"
+from tests.events import T0, deliver, life
 
 
 def _nested(depth: int) -> dict[str, Any]:
@@ -32,15 +31,6 @@ DEEP = _nested(20)
 @pytest.fixture
 def conf(client: FlaskClient) -> dict[str, Any]:
     return create(client, tag="weekly")
-
-
-def deliver(client: FlaskClient, url: str, event: dict[str, Any], method: str = "POST",
-            form: bool = False) -> Any:
-    if method == "GET":
-        return client.get(path_of(url), query_string=ev.as_query(event))
-    if form:
-        return client.post(path_of(url), data=ev.as_query(event))
-    return client.post(path_of(url), json=event)
 
 
 def events_of(client: FlaskClient, conf: dict[str, Any]) -> list[dict[str, Any]]:
@@ -63,26 +53,6 @@ def rejected(app: Flask, reason: str) -> int:
         return db.read_session().scalar(
             select(func.coalesce(func.sum(RejectedDelivery.count), 0))
             .where(RejectedDelivery.reason == reason)) or 0
-
-
-def life(cid: str, tag: str = "weekly") -> list[dict[str, Any]]:
-    """A whole conference as its callbacks tell it, in the provider's order."""
-    return [
-        ev.conference(cid, "created", tag=tag, created=T0),
-        ev.member(cid, "m-1", "active", "2024-05-01T10:00:05Z", active=1, tag=tag),
-        ev.member(cid, "m-2", "active", "2024-05-01T10:00:09Z", active=2, tag=tag),
-        ev.member(cid, "m-2", "active", "2024-05-01T10:01:00Z", active=2, mute=True, tag=tag),
-        ev.media("playback", cid, "started", "2024-05-01T10:02:00Z", tag=tag),
-        ev.media("playback", cid, "done", "2024-05-01T10:02:30Z", tag=tag),
-        ev.media("speak", cid, "started", "2024-05-01T10:03:00Z", tag=tag),
-        ev.media("speak", cid, "done", "2024-05-01T10:03:04Z", tag=tag),
-        ev.member(cid, "m-1", "active", "2024-05-01T10:04:00Z", active=2, hold=True, tag=tag),
-        ev.member(cid, "m-1", "completed", "2024-05-01T10:05:00Z", active=1, hold=True,
-                  tag=tag),
-        ev.member(cid, "m-2", "completed", "2024-05-01T10:06:00Z", active=0, mute=True,
-                  tag=tag),
-        ev.conference(cid, "completed", tag=tag, created=T0, completed="2024-05-01T10:06:00Z"),
-    ]
 
 
 EXPECTED_END = {

@@ -117,7 +117,7 @@ def event_or_404(event_id: int) -> Event:
     return event
 
 
-@bp.get("/events/<int:event_id>")
+@bp.get("/events/<int(max=9223372036854775807):event_id>")
 @bp.arguments(schemas.NoArgs, **QUERY)
 @bp.response(200, schemas.Event)
 @document_errors(400, 401, 404)
@@ -126,7 +126,7 @@ def get_event(args: dict[str, Any], event_id: int) -> Response:
     return ok(event_json(event_or_404(event_id)))
 
 
-@bp.post("/events/<int:event_id>/rematch")
+@bp.post("/events/<int(max=9223372036854775807):event_id>/rematch")
 @bp.response(200, schemas.RematchOne)
 @document_errors(401, 404)
 def rematch_event(event_id: int) -> Response:

@@ -1,0 +1,121 @@
+"""Conference actions through the provider, with the emulator playing the provider."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app.emulator import EmulatorConfig
+from app.emulator import create_app as create_emulator
+from tests.conftest import AUTH, create
+from tests.servers import ThreadedServer
+
+USER = "u-test"
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"tok:sec").decode()}
+
+
+@pytest.fixture
+def emulator() -> Iterator[ThreadedServer]:
+    server = ThreadedServer(create_emulator(EmulatorConfig(
+        user_id=USER, token="tok", secret="sec", retries=0, media_ms=10))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(env: dict[str, str], emulator: ThreadedServer) -> dict[str, str]:
+    return {**env, "CATAPULT_API_URL": emulator.url}
+
+
+def idle(emulator: ThreadedServer) -> None:
+    assert requests.get(f"{emulator.url}/_emulator/idle", params={"wait": 10},
+                        timeout=15).json()["idle"]
+
+
+def play(emulator: ThreadedServer, conference: dict[str, Any], **options: Any) -> None:
+    response = requests.post(f"{emulator.url}/_emulator/scenarios", timeout=5, json={
+        "conferenceId": conference["conferenceId"], "stepMs": 5, **options})
+    assert response.status_code == 202
+    idle(emulator)
+
+
+def provider_view(emulator: ThreadedServer, conference: dict[str, Any]) -> dict[str, Any]:
+    return requests.get(f"{emulator.url}/v1/users/{USER}/conferences/"
+                        f"{conference['conferenceId']}", headers=BASIC, timeout=5).json()
+
+
+def test_terminate_ends_the_conference_through_the_provider(
+        client: FlaskClient, emulator: ThreadedServer, live_app: ThreadedServer) -> None:
+    conference = create(client, tag="ending")
+    play(emulator, conference, members=2, playback=False, speak=False, mute=False,
+         hold=False, terminate=False)
+    # The scenario's members left; start a new one that stays in the conference.
+    conference = create(client, tag="ending")
+    requests.post(f"{emulator.url}/v1/users/{USER}/conferences/{conference['conferenceId']}"
+                  "/members", json={"callId": "c-1"}, headers=BASIC, timeout=5)
+    idle(emulator)
+    response = client.post(f"/api/v1/conferences/{conference['id']}/terminate", headers=AUTH)
+    assert response.status_code == 202
+    idle(emulator)
+    view = client.get(f"/api/v1/conferences/{conference['id']}", headers=AUTH).get_json()
+    assert view["state"] == "completed" and view["activeMembers"] == 0
+    assert view["members"][0]["state"] == "completed"
+    assert provider_view(emulator, conference)["state"] == "completed"
+    again = client.post(f"/api/v1/conferences/{conference['id']}/terminate", headers=AUTH)
+    assert again.status_code == 409
+    assert again.get_json()["error"]["details"]["providerCode"] == "conference-completed"
+
+
+def test_terminate_needs_a_conference_the_provider_knows(client: FlaskClient,
+                                                         app: Flask) -> None:
+    from app.api import provider
+
+    provider(app).base = "http://127.0.0.1:9/v1/users/u"  # the create fails: never created
+    response = client.post("/api/v1/conferences", json={"from": "+19195551212"},
+                           headers=AUTH)
+    ident = response.get_json()["error"]["details"]["conference"]
+    for action in ("terminate", "refresh"):
+        response = client.post(f"/api/v1/conferences/{ident}/{action}", headers=AUTH)
+        assert response.status_code == 409
+        assert response.get_json()["error"]["code"] == "not_on_provider"
+    assert client.post("/api/v1/conferences/nope/terminate", headers=AUTH).status_code == 404
+
+
+def test_refresh_reconciles_a_view_whose_callbacks_were_lost(
+        client: FlaskClient, emulator: ThreadedServer, live_app: ThreadedServer) -> None:
+    conference = create(client, tag="lossy")
+    requests.post(f"{emulator.url}/_emulator/faults", json={"drop": 100}, timeout=5)
+    play(emulator, conference, members=3, terminate=True)
+    requests.post(f"{emulator.url}/_emulator/faults", json={"drop": 0}, timeout=5)
+    before = client.get(f"/api/v1/conferences/{conference['id']}", headers=AUTH).get_json()
+    assert before["state"] == "created" and before["members"] == []
+    response = client.post(f"/api/v1/conferences/{conference['id']}/refresh", headers=AUTH)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert "state created -> completed" in body["changes"]
+    assert sum(1 for c in body["changes"] if c.endswith(" added")) == 3
+    view = body["conference"]
+    theirs = provider_view(emulator, conference)
+    assert (view["state"], view["activeMembers"]) == ("completed", 0)
+    assert view["completedTime"] == theirs["completedTime"]
+    assert len(view["members"]) == 3
+    assert all(m["state"] == "completed" and m["leftAt"] for m in view["members"])
+    second = client.post(f"/api/v1/conferences/{conference['id']}/refresh", headers=AUTH)
+    assert second.get_json()["changes"] == []
+
+
+def test_refresh_maps_provider_errors(client: FlaskClient, emulator: ThreadedServer,
+                                      app: Flask, live_app: ThreadedServer) -> None:
+    conference = create(client)
+    from app.api import provider
+
+    provider(app).session.auth = ("tok", "wrong")
+    response = client.post(f"/api/v1/conferences/{conference['id']}/refresh", headers=AUTH)
+    assert response.status_code == 502
+    assert response.get_json()["error"]["code"] == "provider_auth_failed"
