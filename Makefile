@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint migrate clean
+.PHONY: run demo test lint migrate clean bench
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ migrate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.sqlite_durability
+	$(BIN)/python -m bench.query
