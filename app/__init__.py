@@ -31,10 +31,11 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from app import api, callbacks
+    from app import admin, api, callbacks
 
     api.init_app(app)
     callbacks.init_app(app)
+    admin.init_app(app)  # last: it exempts the other blueprints from CSRF checks
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -117,6 +117,19 @@ class CatapultClient:
                 f"provider answered {response.status_code} without a Location to a create")
         return Created(id=id_from_location(location), location=location)
 
+    def ping(self, timeout: float = 2.0) -> None:
+        """Check that the provider answers and accepts our credentials: one try, no retry."""
+        try:
+            response = requests.get(f"{self.base}/account", auth=self.session.auth,
+                                    timeout=(min(timeout, self.timeout[0]), timeout),
+                                    headers=dict(self.session.headers), allow_redirects=False)
+        except requests.Timeout as exc:
+            raise CatapultTimeout("provider did not answer in time") from exc
+        except requests.RequestException as exc:
+            raise CatapultUnavailable(f"provider unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 300:
+            raise _api_error(response)
+
     def get_conference(self, conference_id: str) -> dict[str, Any]:
         return self._json(self._request("GET", f"conferences/{quote(conference_id, safe='')}"))
 

@@ -10,6 +10,7 @@ from alembic import command
 from alembic.config import Config
 from flask import Flask, current_app
 from sqlalchemy.engine import make_url
+from werkzeug.security import generate_password_hash
 
 from app import conferences, db, keys
 from config.settings import PROJECT_ROOT
@@ -77,7 +78,17 @@ def shared_callback_url_command() -> None:
     click.echo(f"callbackUrl: {callback}\nfallbackUrl: {fallback}")
 
 
+@click.command("hash-password")
+@click.password_option(help="The admin password (asked twice when not given).")
+def hash_password_command(password: str) -> None:
+    """Print the hash to set as CONFHOOK_ADMIN_PASSWORD_HASH for an admin password."""
+    if len(password) < 12:
+        raise click.ClickException("use at least 12 characters")
+    click.echo(generate_password_hash(password))
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(migrate_command)
     app.cli.add_command(create_conference_command)
     app.cli.add_command(shared_callback_url_command)
+    app.cli.add_command(hash_password_command)

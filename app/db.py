@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -98,3 +99,9 @@ def _close_sessions(_exc: BaseException | None) -> None:
         session = g.pop(key, None)
         if session is not None:
             session.close()
+
+
+def upsert(session: Session, table: Any) -> Any:
+    """Return an INSERT for ``table`` that supports ON CONFLICT on this session's dialect."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -61,8 +61,10 @@ def register_errorhandlers(app: Flask) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
+    def _http_error(exc: HTTPException) -> Any:
         status = exc.code or 500
+        if _is_admin_page():
+            return _admin_page(status, exc.name, exc.description or "")
         data = getattr(exc, "data", None)
         if isinstance(data, dict) and isinstance(data.get("messages"), dict):
             # Argument validation (webargs): name every bad parameter or field.
@@ -88,6 +90,17 @@ def register_errorhandlers(app: Flask) -> None:
                               headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
+    def _unexpected(exc: Exception) -> Any:
         log.exception("unhandled error")
+        if _is_admin_page():
+            return _admin_page(500, "Internal error", "Something went wrong; it is logged.")
         return error_response(500, "internal_error", "internal error")
+
+
+def _is_admin_page() -> bool:
+    return request.path.startswith("/admin") and request.accept_mimetypes.best_match(
+        ["text/html", "application/json"]) != "application/json"
+
+
+def _admin_page(status: int, title: str, message: str) -> tuple[str, int]:
+    return render_template("admin/error.html", title=title, message=message), status

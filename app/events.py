@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.db import upsert
 from app.keys import SHARED, key_matches
 from app.models import (
     CHANNEL_BITS,
@@ -269,11 +269,6 @@ def _canonical_value(value: Any) -> str:
 
 # -- recording --------------------------------------------------------------------------------
 
-def _insert(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
-
-
 def authenticate(secrets: Sequence[str], subject: str, key: str) -> None:
     """Refuse a delivery whose URL key was not issued for ``subject`` by us."""
     if not key_matches(secrets, subject, key):
@@ -292,7 +287,7 @@ def receive(session: Session, *, subject: str, channel: str, method: str,
     now = utcnow()
     events = Event.__table__
     bit = CHANNEL_BITS[channel]
-    stmt = _insert(session, events).values(
+    stmt = upsert(session, events).values(
         conference_pk=conference.id if conference else None,
         event_type=event.event_type, unknown_type=event.unknown_type,
         conference_id=event.conference_id, member_id=event.member_id, call_id=event.call_id,
@@ -402,7 +397,7 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
 
 def _apply_member(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
     members = Member.__table__
-    session.execute(_insert(session, members).values(
+    session.execute(upsert(session, members).values(
         conference_pk=conference_pk, member_id=event.member_id, call_id=event.call_id,
         state="active", mute=False, hold=False,
     ).on_conflict_do_nothing(index_elements=[members.c.conference_pk, members.c.member_id]))
@@ -432,7 +427,7 @@ def count_rejection(session: Session, reason: str) -> None:
     now = utcnow()
     minute = now.replace(second=0, microsecond=0)
     table = RejectedDelivery.__table__
-    session.execute(_insert(session, table).values(
+    session.execute(upsert(session, table).values(
         minute=minute, reason=reason, count=1, last_at=now,
     ).on_conflict_do_update(
         index_elements=[table.c.minute, table.c.reason],
@@ -565,7 +560,7 @@ def _reconcile_member(session: Session, conference_pk: str, member: Member | Non
     state = "completed" if item.get("state") == "completed" else "active"
     mute, hold = item.get("mute") is True, item.get("hold") is True
     if member is None:
-        session.execute(_insert(session, members).values(
+        session.execute(upsert(session, members).values(
             conference_pk=conference_pk, member_id=member_id, call_id=call_id, state=state,
             joined_at=added, left_at=removed, mute=mute, hold=hold, status_at=now,
             last_event_at=None,

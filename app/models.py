@@ -159,3 +159,18 @@ class RejectedDelivery(Base):
     __table_args__ = (
         UniqueConstraint("minute", "reason", name="uq_rejected_delivery_minute_reason"),
     )
+
+
+class SigninFailure(Base):
+    """Failed admin sign-ins per client address and minute, for rate limiting and audit."""
+
+    __tablename__ = "signin_failure"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(64))
+    minute: Mapped[datetime] = mapped_column(DateTime)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        UniqueConstraint("address", "minute", name="uq_signin_failure_address_minute"),
+    )

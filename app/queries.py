@@ -300,3 +300,48 @@ def stats(session: Session, since: datetime | None, until: datetime | None) -> S
         select(func.count()).select_from(Conference).where(
             created, Conference.state == "failed")) or 0
     return result
+
+
+# -- dashboard --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Minute:
+    start: datetime
+    total: int
+    fallbacks: int
+
+
+def per_minute(session: Session, minutes: int = 60) -> list[Minute]:
+    """Events first received in each of the last ``minutes`` minutes (empty minutes too)."""
+    end = utcnow().replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - timedelta(minutes=minutes)
+    if session.get_bind().dialect.name == "postgresql":
+        bucket: Any = func.date_trunc("minute", Event.first_received_at)
+    else:
+        bucket = func.strftime("%Y-%m-%d %H:%M:00", Event.first_received_at)
+    fallback = CHANNEL_BITS["fallback"]
+    rows = session.execute(
+        select(bucket, func.count(),
+               func.sum(case((Event.channels.op("&")(fallback) != 0, 1), else_=0)))
+        .where(Event.first_received_at >= start, Event.first_received_at < end)
+        .group_by(bucket))
+    counts: dict[datetime, tuple[int, int]] = {}
+    for when, total, fallbacks in rows:
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when)
+        counts[when.replace(tzinfo=None)] = (total, fallbacks or 0)
+    return [Minute(start + timedelta(minutes=i),
+                   *counts.get(start + timedelta(minutes=i), (0, 0)))
+            for i in range(minutes)]
+
+
+def last_received(session: Session) -> datetime | None:
+    return session.scalar(select(func.max(Event.first_received_at)))
+
+
+def problem_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Event.match, func.count()).where(
+        Event.match.in_(("unmatched", "conflict"))).group_by(Event.match))
+    counts = {"unmatched": 0, "conflict": 0}
+    counts.update({match: n for match, n in rows})
+    return counts

@@ -134,6 +134,17 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not tokens:
         problems.append("CONFHOOK_API_TOKENS is required (comma-separated bearer tokens)")
 
+    admin_hash = _text(env, "CONFHOOK_ADMIN_PASSWORD_HASH")
+    if admin_hash and not admin_hash.startswith(("scrypt:", "pbkdf2:")):
+        problems.append("CONFHOOK_ADMIN_PASSWORD_HASH must be a hash from "
+                        "`flask --app wsgi hash-password`, not the password itself")
+    cookie_secure_raw = (_text(env, "CONFHOOK_COOKIE_SECURE") or "").lower()
+    if cookie_secure_raw not in ("", "true", "false"):
+        problems.append("CONFHOOK_COOKIE_SECURE must be true or false")
+    # Secure cookies whenever the service is reached over TLS, unless told otherwise.
+    cookie_secure = (cookie_secure_raw == "true" if cookie_secure_raw
+                     else public_url.startswith("https://"))
+
     database_url = _text(env, "DATABASE_URL", DEFAULT_DATABASE_URL)
     assert database_url is not None
     if database_url.startswith("postgres://"):
@@ -158,6 +169,12 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CONFHOOK_API_TOKENS": tokens,
         "CONFHOOK_MAX_BODY_BYTES": _int(env, "CONFHOOK_MAX_BODY_BYTES", 64 * 1024,
                                         1024, 16 * 1024 * 1024, problems),
+        "CONFHOOK_ADMIN_PASSWORD_HASH": admin_hash,
+        "SESSION_COOKIE_NAME": "confhook_session",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Strict",
+        "SESSION_COOKIE_SECURE": cookie_secure,
+        "PERMANENT_SESSION_LIFETIME": 12 * 3600,
         "CATAPULT_API_URL": api_url,
         "CATAPULT_USER_ID": _required(env, "CATAPULT_USER_ID", problems),
         "CATAPULT_API_TOKEN": _required(env, "CATAPULT_API_TOKEN", problems),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from werkzeug.security import generate_password_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR_CREDENTIALS = {"user": "u-local", "token": "local-token", "secret": "local-secret"}
@@ -48,9 +49,11 @@ def local_secrets(instance: Path) -> dict[str, str]:
             name, _, value = line.partition("=")
             if name and value:
                 values[name.strip()] = value.strip()
-    if "CONFHOOK_SECRET_KEY" not in values or "CONFHOOK_API_TOKENS" not in values:
+    wanted = ("CONFHOOK_SECRET_KEY", "CONFHOOK_API_TOKENS", "ADMIN_PASSWORD")
+    if any(name not in values for name in wanted):
         values = {"CONFHOOK_SECRET_KEY": secrets.token_urlsafe(32),
-                  "CONFHOOK_API_TOKENS": "local-" + secrets.token_urlsafe(18)}
+                  "CONFHOOK_API_TOKENS": "local-" + secrets.token_urlsafe(18),
+                  "ADMIN_PASSWORD": secrets.token_urlsafe(12)}
         instance.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         path.chmod(0o600)
@@ -66,6 +69,7 @@ class Stack:
     database_url: str
     secret_key: str
     api_token: str
+    admin_password: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     emulator_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None
@@ -92,6 +96,8 @@ class Stack:
             "CATAPULT_USER_ID": EMULATOR_CREDENTIALS["user"],
             "CATAPULT_API_TOKEN": EMULATOR_CREDENTIALS["token"],
             "CATAPULT_API_SECRET": EMULATOR_CREDENTIALS["secret"],
+            "CONFHOOK_ADMIN_PASSWORD_HASH": (generate_password_hash(self.admin_password)
+                                             if self.admin_password else ""),
             "NO_PROXY": "127.0.0.1,localhost",
             "PYTHONUNBUFFERED": "1",
         })
@@ -335,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'demo.db'}"
     stack = Stack(service_port, emulator_port, database_url,
                   values["CONFHOOK_SECRET_KEY"], values["CONFHOOK_API_TOKENS"],
+                  admin_password=values["ADMIN_PASSWORD"],
                   emulator_args=["--retry-delay", "0.5"],
                   log_dir=instance / "logs" if args.demo else None)
     with running(stack):
@@ -347,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 confhook is running on {stack.service_url} (SQLite: {database_url.split(':///', 1)[1]})
 provider emulator on {stack.emulator_url} (delivery log: {stack.emulator_url}/_emulator/deliveries)
 API token for this checkout: {token}
+Admin page: {stack.service_url}/admin/ (password: {stack.admin_password})
 
 Create a conference:
   curl -s -X POST {stack.service_url}/api/v1/conferences -H 'Authorization: Bearer {token}' \\

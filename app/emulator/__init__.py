@@ -140,6 +140,11 @@ def _body() -> dict[str, Any]:
     return body
 
 
+@bp.get("/account")
+def account(user_id: str) -> Response:
+    return jsonify(balance="100.00", accountType="pre-pay")
+
+
 @bp.post("/conferences")
 def create_conference(user_id: str) -> Response:
     conference_id = _emulator().create(user_id, _body())
