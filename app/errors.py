@@ -57,7 +57,10 @@ def register_errorhandlers(app: Flask) -> None:
     """Answer every error as JSON; a database outage is a 503, never a 4xx or a 500."""
 
     @app.errorhandler(APIError)
-    def _api_error(exc: APIError) -> Response:
+    def _api_error(exc: APIError) -> Any:
+        if _is_admin_page():
+            return _admin_page(exc.status, "Bad request" if exc.status == 400 else "Error",
+                               exc.message)
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.errorhandler(HTTPException)

@@ -100,7 +100,10 @@ def parse_time(value: Any, field: str) -> datetime | None:
         raise _invalid(field, "must be an ISO 8601 time") from None
     if parsed.tzinfo is not None:
         # The provider writes UTC or an offset; a time without one is taken as UTC.
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise _invalid(field, "is out of range in UTC") from None
     return parsed
 
 

@@ -41,3 +41,41 @@ def single_values(multi: MultiDict[str, Any], code: str = "invalid_request") -> 
 def is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or (
         mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+def find_nul(value: Any, where: str = "body") -> str | None:
+    """Where a decoded value holds a NUL character (PostgreSQL stores none), or None."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where != "body" else str(key)
+            if "\x00" in str(key):
+                return inner.replace("\x00", "\\0")
+            found = find_nul(item, inner)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = find_nul(item, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def reject_nul_in_request() -> None:
+    """Answer 400 for a NUL character in the path, query string or form, before any lookup."""
+    from flask import request
+
+    where = {}
+    if "\x00" in request.path:
+        where["path"] = "NUL character"
+    for name, value in request.args.items(multi=True):
+        if "\x00" in name or "\x00" in value:
+            where[name.replace("\x00", "\\0")[:64]] = "NUL character"
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        for name, value in request.form.items(multi=True):
+            if "\x00" in name or "\x00" in value:
+                where[name.replace("\x00", "\\0")[:64]] = "NUL character"
+    if where:
+        raise APIError(400, "invalid_request", "a NUL character is not allowed", where)

@@ -208,3 +208,9 @@ def test_event_filters_reuse_the_api_rules(admin: FlaskClient) -> None:
 def test_unknown_admin_page_is_an_html_404(admin: FlaskClient) -> None:
     response = admin.get("/admin/conferences/cf-none")
     assert response.status_code == 404 and response.mimetype == "text/html"
+
+
+def test_nul_characters_are_an_html_400(admin: FlaskClient) -> None:
+    for url in ("/admin/conferences/c%00f", "/admin/events?tag=%00", "/admin/conferences?q=%00"):
+        response = admin.get(url)
+        assert response.status_code == 400 and response.mimetype == "text/html", url

@@ -119,6 +119,21 @@ def test_conference_list_rejects_bad_parameters_by_name(client: FlaskClient) -> 
         assert name in error["details"], (params, error)
 
 
+def test_nul_characters_are_refused_before_any_lookup(client: FlaskClient) -> None:
+    # PostgreSQL stores no NUL character; each must be a 400 on either database, not a 503.
+    for url, params, name in (("/api/v1/events", {"tag": "a\x00b"}, "tag"),
+                              ("/api/v1/events", {"memberId": "\x00"}, "memberId"),
+                              ("/api/v1/conferences", {"tag": "\x00"}, "tag"),
+                              ("/api/v1/conferences/c%00f", {}, "path"),
+                              ("/api/v1/conferences/c%00f/events", {}, "path")):
+        error = bad(client, url, **params)
+        assert error["details"] == {name: "NUL character"}, (url, error)
+    response = client.post("/api/v1/conferences", headers=AUTH,
+                           json={"from": "+19195551212", "tag": "ok", "x": ["\x00"]})
+    assert response.status_code == 422
+    assert response.get_json()["error"]["details"] == {"x[0]": "NUL character"}
+
+
 def test_cursor_from_another_query_is_refused(client: FlaskClient) -> None:
     for _ in range(3):
         create(client, tag="a")

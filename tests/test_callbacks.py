@@ -196,6 +196,10 @@ def test_key_from_an_old_secret_still_verifies(env: dict[str, str]) -> None:
      "invalid_event"),
     ({"json": {"eventType": "conference", "conferenceId": "c" * 200}}, 422, "invalid_event"),
     ({"json": {"eventType": "odd", "v": "a\x00b"}}, 422, "invalid_event"),
+    ({"json": {"eventType": "conference", "createdTime": "9999-12-31T23:59:59-02:00"}}, 422,
+     "invalid_event"),
+    ({"json": {"eventType": "conference-speak", "time": "0001-01-01T00:00:00+05:00"}}, 422,
+     "invalid_event"),
     ({"json": {"eventType": "odd", "v": DEEP}}, 422, "invalid_event"),
     ({"json": {"eventType": "x", "pad": "y" * 70_000}}, 413, "payload_too_large"),
 ])

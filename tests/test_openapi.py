@@ -6,6 +6,7 @@ document: a documented status code, content type, headers and body schema.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -42,6 +43,10 @@ OPERATIONS = [
 ]
 
 
+# More examples by hand: CONFHOOK_FUZZ_EXAMPLES=400 make test
+EXAMPLES = int(os.environ.get("CONFHOOK_FUZZ_EXAMPLES", "40"))
+
+
 @pytest.fixture
 def api_schema(app: Flask, client: FlaskClient) -> Any:
     # Some data, so that lists, views and cursors have something to show.
@@ -58,7 +63,7 @@ def test_api_conforms_to_its_document(api_schema: Any, method: str, path: str) -
     operation = api_schema[path][method]
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=40, deadline=None, database=None,
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     def conforms(case: schemathesis.Case) -> None:
         case.call_and_validate(headers=AUTH, checks=CHECKS)

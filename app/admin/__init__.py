@@ -30,11 +30,13 @@ from werkzeug.security import check_password_hash
 
 from app import db
 from app.models import SigninFailure, utcnow
+from app.payload import reject_nul_in_request
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
                static_folder="static", static_url_path="/static")
 csrf = CSRFProtect()
 log = logging.getLogger(__name__)
+bp.before_request(reject_nul_in_request)
 
 SIGNIN_LIMIT = 5
 SIGNIN_WINDOW = timedelta(minutes=5)

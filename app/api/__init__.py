@@ -19,7 +19,7 @@ from app.api import schemas
 from app.catapult import CatapultAPIError, CatapultClient, CatapultTimeout
 from app.errors import APIError
 from app.models import Conference
-from app.payload import decode_json, is_json
+from app.payload import decode_json, find_nul, is_json, reject_nul_in_request
 from app.queries import InvalidQuery, fingerprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1",
@@ -53,6 +53,9 @@ def _authenticate() -> None:
     if not token_valid(offered.strip(), current_app.config["CONFHOOK_API_TOKENS"]):
         raise APIError(401, "unauthorized", "invalid token",
                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    reject_nul_in_request()
+    if request.method in ("POST", "PUT", "PATCH") and is_json(request.mimetype):
+        json_body()  # refuses malformed JSON and NUL characters before any view reads it
 
 
 @bp.after_request
@@ -69,7 +72,12 @@ def _conditional(response: Response) -> Response:
 def json_body() -> Any:
     if not is_json(request.mimetype):
         raise APIError(415, "unsupported_media_type", "send Content-Type: application/json")
-    return decode_json(request.get_data(cache=True))
+    body = decode_json(request.get_data(cache=True))
+    where = find_nul(body)
+    if where:
+        raise APIError(422, "invalid_request", "a NUL character is not allowed",
+                       {where[:64]: "NUL character"})
+    return body
 
 
 def query_key(args: dict[str, Any], *exclude: str) -> str:

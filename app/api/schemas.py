@@ -7,6 +7,7 @@ OpenAPI document, and the test suite checks that the two agree.
 from __future__ import annotations
 
 from datetime import UTC
+from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
@@ -17,7 +18,23 @@ from app.events import KNOWN_TYPES
 from app.models import CONFERENCE_STATES, MATCH_STATES, TAG_MAX_LENGTH
 from app.queries import MAX_LIMIT
 
-Time = lambda **kw: fields.AwareDateTime(default_timezone=UTC, **kw)  # noqa: E731
+
+class UtcTime(fields.AwareDateTime):
+    """An ISO 8601 time, converted to UTC; a time whose UTC falls outside years 1-9999 is
+    refused as invalid rather than overflowing later."""
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:
+            raise ma.ValidationError("Not a valid datetime: out of range in UTC.") from None
+
+
+def Time(**kw: Any) -> UtcTime:
+    return UtcTime(default_timezone=UTC, **kw)
+
+
 ID_LENGTH = validate.Length(min=1, max=128)
 
 
