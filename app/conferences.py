@@ -14,8 +14,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import events
@@ -219,6 +220,73 @@ def refresh(session: Session, client: CatapultClient, conference: Conference) ->
                                                              "unexpected shape"))
     return events.reconcile(session, conference, remote,
                             [m for m in remote_members if isinstance(m, dict)])
+
+
+# -- tracking a conference created elsewhere ---------------------------------------------------
+
+@dataclass
+class Tracked:
+    conference: Conference
+    created: bool  # False when the conference was known already
+    waiting: int  # unmatched events that name it, for the operator to re-match
+
+
+def _without_credentials(url: Any) -> str:
+    if not isinstance(url, str):
+        return ""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url[:2048]
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))[:2048]
+
+
+def track(session: Session, client: CatapultClient, conference_id: str,
+          config: Mapping[str, Any]) -> Tracked:
+    """Start tracking a conference that another system created on the provider.
+
+    Its callbacks reach the shared callback URL; once it is known here, the ones still
+    to come match it by ``conferenceId``, and those already stored as unmatched can be
+    re-matched. The row takes the provider's record (and its members); the caller commits.
+    """
+    known = session.scalar(select(Conference).where(Conference.conference_id == conference_id))
+    if known is not None:
+        return Tracked(known, False, _waiting(session, conference_id))
+    probe = Conference(id=new_conference_id(), conference_id=conference_id)
+    try:
+        remote = client.get_conference(conference_id)
+        remote_members = client.list_members(conference_id)
+    except CatapultError as exc:
+        raise ProviderFailed(probe, exc) from exc
+    if not isinstance(remote, dict) or not isinstance(remote_members, list):
+        raise ProviderFailed(probe, CatapultUnavailable("provider answered an unexpected shape"))
+    tag = remote.get("tag")
+    from_number = remote.get("from")
+    method = str(remote.get("callbackHttpMethod") or "").upper()
+    timeout = remote.get("callbackTimeout")
+    lo, hi = CALLBACK_TIMEOUT_RANGE
+    conference = Conference(
+        id=probe.id, conference_id=conference_id,
+        tag=tag if isinstance(tag, str) and tag and len(tag) <= TAG_MAX_LENGTH else None,
+        from_number=from_number[:32] if isinstance(from_number, str) else "",
+        callback_url=_without_credentials(remote.get("callbackUrl")),
+        fallback_url=_without_credentials(remote.get("fallbackUrl")),
+        callback_method=method if method in ("GET", "POST") else "POST",
+        callback_timeout_ms=(timeout if isinstance(timeout, int) and lo <= timeout <= hi
+                             else config["CONFHOOK_CALLBACK_TIMEOUT_MS"]),
+        state="created",
+    )
+    session.add(conference)
+    session.flush()
+    events.reconcile(session, conference, remote,
+                     [m for m in remote_members if isinstance(m, dict)])
+    return Tracked(conference, True, _waiting(session, conference_id))
+
+
+def _waiting(session: Session, conference_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Event).where(
+        Event.conference_id == conference_id, Event.match != "matched")) or 0
 
 
 # -- reading ----------------------------------------------------------------------------------

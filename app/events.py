@@ -474,13 +474,20 @@ def rematch(session: Session, event: Event) -> tuple[str, str | None]:
     return match, reason
 
 
-def rematch_many(session: Session, kinds: Sequence[str], conference_pk: str | None = None,
+def rematch_many(session: Session, kinds: Sequence[str], conference: Conference | None = None,
                  limit: int = 10_000) -> RematchReport:
-    """Re-match up to ``limit`` events whose match is one of ``kinds``; the caller commits."""
+    """Re-match up to ``limit`` events whose match is one of ``kinds``; the caller commits.
+
+    With ``conference``: its own events, and the unattached ones that name its provider id.
+    """
     report = RematchReport()
     base = select(Event).where(Event.match.in_(kinds))
-    if conference_pk is not None:
-        base = base.where(Event.conference_pk == conference_pk)
+    if conference is not None:
+        own = Event.conference_pk == conference.id
+        if conference.conference_id is not None:
+            own = own | (Event.conference_pk.is_(None)
+                         & (Event.conference_id == conference.conference_id))
+        base = base.where(own)
     after = 0
     while report.examined < limit:
         batch = list(session.scalars(base.where(Event.id > after).order_by(Event.id)

@@ -20,7 +20,7 @@ PAGES = ["/admin/", "/admin/conferences", "/admin/events", "/admin/problems",
          "/admin/conferences/new", "/admin/fragments/dashboard", "/admin/events/1",
          "/admin/conferences/cf0", "/admin/fragments/conferences/cf0"]
 FORMS = ["/admin/conferences/new", "/admin/conferences/cf0/terminate",
-         "/admin/events/1/rematch", "/admin/problems/rematch"]
+         "/admin/events/1/rematch", "/admin/problems/rematch", "/admin/conferences/track"]
 
 
 @pytest.fixture
@@ -214,3 +214,20 @@ def test_nul_characters_are_an_html_400(admin: FlaskClient) -> None:
     for url in ("/admin/conferences/c%00f", "/admin/events?tag=%00", "/admin/conferences?q=%00"):
         response = admin.get(url)
         assert response.status_code == 400 and response.mimetype == "text/html", url
+
+
+def test_rematch_never_redirects_off_the_admin(admin: FlaskClient) -> None:
+    admin.post(SHARED, json=ev.member("conf-9", "m-1", "active", T0, active=1))
+    token = csrf_token(admin, "/admin/problems")
+    for target in ("https://evil.example/", "//evil.example/admin/", "/api/v1/events"):
+        response = admin.post("/admin/events/1/rematch",
+                              data={"csrf_token": token, "next": target})
+        assert response.headers["Location"] == "/admin/events/1", target
+
+
+def test_track_form_names_a_bad_id(admin: FlaskClient) -> None:
+    token = csrf_token(admin, "/admin/conferences/new")
+    response = admin.post("/admin/conferences/track",
+                          data={"csrf_token": token, "conferenceId": "  "})
+    assert response.status_code == 422
+    assert "give the provider&#39;s conference id" in response.get_data(as_text=True)

@@ -119,3 +119,60 @@ def test_refresh_maps_provider_errors(client: FlaskClient, emulator: ThreadedSer
     response = client.post(f"/api/v1/conferences/{conference['id']}/refresh", headers=AUTH)
     assert response.status_code == 502
     assert response.get_json()["error"]["code"] == "provider_auth_failed"
+
+
+def test_track_a_conference_created_elsewhere(client: FlaskClient, emulator: ThreadedServer,
+                                              live_app: ThreadedServer, app: Flask) -> None:
+    from app.keys import SHARED, callback_urls
+
+    shared, _ = callback_urls(app.config, SHARED)
+    # Another system creates a conference on the provider, pointed at the shared URL, with
+    # credentials in the URL that must not be kept.
+    elsewhere = shared.replace("http://", "http://who:pw@")
+    created = requests.post(f"{emulator.url}/v1/users/{USER}/conferences", headers=BASIC,
+                            timeout=5, json={"from": "+19195550000", "tag": "outside",
+                                             "callbackUrl": elsewhere,
+                                             "callbackHttpMethod": "GET"})
+    cid = created.headers["Location"].rsplit("/", 1)[-1]
+    requests.post(f"{emulator.url}/v1/users/{USER}/conferences/{cid}/members",
+                  json={"callId": "c-1"}, headers=BASIC, timeout=5)
+    idle(emulator)
+    unmatched = client.get("/api/v1/events", query_string={"match": "unmatched"},
+                           headers=AUTH).get_json()["data"]
+    assert {e["conferenceId"] for e in unmatched} == {cid} and len(unmatched) == 2
+
+    response = client.post("/api/v1/conferences/track", json={"conferenceId": cid},
+                           headers=AUTH)
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    conference = body["conference"]
+    assert body["created"] is True and body["waitingEvents"] == 2
+    assert conference["tag"] == "outside" and conference["from"] == "+19195550000"
+    assert conference["callbackHttpMethod"] == "GET" and "pw" not in conference["callbackUrl"]
+    assert conference["state"] == "active" and conference["activeMembers"] == 1
+    assert [m["callId"] for m in conference["members"]] == ["c-1"]
+    assert response.headers["Location"] == f"/api/v1/conferences/{conference['id']}"
+
+    again = client.post("/api/v1/conferences/track", json={"conferenceId": cid}, headers=AUTH)
+    assert again.status_code == 200 and again.get_json()["conference"]["id"] == conference["id"]
+
+    report = client.post("/api/v1/events/rematch", json={"conference": cid},
+                         headers=AUTH).get_json()
+    assert report["matched"] == 2
+    # What comes next matches at once.
+    requests.post(f"{emulator.url}/v1/users/{USER}/conferences/{cid}", json={
+        "state": "completed"}, headers=BASIC, timeout=5)
+    idle(emulator)
+    view = client.get(f"/api/v1/conferences/{cid}", headers=AUTH).get_json()
+    assert view["state"] == "completed" and view["events"]["conflicts"] == 0
+    assert client.get("/api/v1/events", query_string={"match": "unmatched"},
+                      headers=AUTH).get_json()["data"] == []
+
+
+def test_track_maps_provider_errors(client: FlaskClient, emulator: ThreadedServer) -> None:
+    response = client.post("/api/v1/conferences/track", json={"conferenceId": "conf-nope"},
+                           headers=AUTH)
+    assert response.status_code == 404
+    error = response.get_json()["error"]
+    assert error["code"] == "provider_not_found" and error["details"]["conference"] == "conf-nope"
+    assert client.post("/api/v1/conferences/track", json={}, headers=AUTH).status_code == 422

@@ -18,6 +18,7 @@ from flask import (
 )
 from marshmallow import ValidationError
 from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 
 from app import conferences, db, events, queries
 from app.admin import bp, require_admin
@@ -216,6 +217,38 @@ def create_conference() -> Any:
     return redirect(url_for("admin.conference_page", ident=conference.id))
 
 
+@bp.post("/conferences/track")
+@require_admin
+def track_conference() -> Any:
+    conference_id = request.form.get("conferenceId", "").strip()
+    form = {"conferenceId": conference_id}
+    if not 1 <= len(conference_id) <= 128:
+        return render_template("admin/new_conference.html", form={},
+                               track_errors={"conferenceId": "give the provider's conference "
+                                             "id (1 to 128 characters)"},
+                               track_form=form), 422
+    session = db.write_session()
+    try:
+        tracked = conferences.track(session, provider(), conference_id, current_app.config)
+        session.commit()
+    except conferences.ProviderFailed as exc:
+        session.rollback()
+        return render_template("admin/new_conference.html", form={},
+                               track_errors={"conferenceId": f"the provider says: {exc}"},
+                               track_form=form), 422
+    except IntegrityError:
+        session.rollback()  # tracked by someone else meanwhile
+        tracked = conferences.track(session, provider(), conference_id, current_app.config)
+    conference = tracked.conference
+    message = (f"Now tracking {conference_id} as {conference.id}." if tracked.created
+               else f"{conference_id} is tracked already, as {conference.id}.")
+    if tracked.waiting:
+        message += (f" {tracked.waiting} stored event(s) name it but are not matched: "
+                    "re-match them under Problems.")
+    flash(message, "ok")
+    return redirect(url_for("admin.conference_page", ident=conference.id))
+
+
 @bp.post("/conferences/<ident>/terminate")
 @require_admin
 def terminate_conference(ident: str) -> Response:
@@ -291,8 +324,10 @@ def rematch_event(event_id: int) -> Response:
     session.commit()
     flash(f"Event {event_id}: {before} → {after}{f' ({reason})' if reason else ''}.",
           "ok" if after == "matched" else "error")
-    return redirect(request.form.get("next") or url_for("admin.event_page",
-                                                        event_id=event_id))
+    target = request.form.get("next", "")
+    if not target.startswith("/admin/") or target.startswith("//"):
+        target = url_for("admin.event_page", event_id=event_id)
+    return redirect(target)
 
 
 # -- problems ---------------------------------------------------------------------------------

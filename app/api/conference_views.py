@@ -6,6 +6,7 @@ from datetime import UTC
 from typing import Any
 
 from flask import Response, current_app, url_for
+from sqlalchemy.exc import IntegrityError
 
 from app import conferences, db, queries
 from app.api import (
@@ -53,6 +54,41 @@ def create_conference() -> Response:
     session.commit()
     return ok(conference_json(conference, []), 201,
               {"Location": url_for("api.get_conference", ident=conference.id)})
+
+
+@bp.post("/conferences/track")
+@bp.arguments(schemas.TrackBody, location="json", error_status_code=422)
+@bp.response(201, schemas.Tracked)
+@bp.alt_response(200, schema=schemas.Tracked, description="Tracked already")
+@document_errors(400, 401, 413, 415, 422, *PROVIDER_ERRORS)
+def track_conference(body: dict[str, Any]) -> Response:
+    """Track a conference that another system created on the provider.
+
+    Its callbacks are expected at the shared callback URL (``flask shared-callback-url``);
+    from now on they match it. Events stored before as unmatched are counted in
+    ``waitingEvents``: re-match them with ``POST /api/v1/events/rematch``.
+    """
+    session = db.write_session()
+    try:
+        tracked = conferences.track(session, provider(), body["conferenceId"],
+                                    current_app.config)
+        session.commit()
+    except conferences.ProviderFailed as exc:
+        session.rollback()
+        error = provider_error(exc)
+        if error.details:
+            error.details["conference"] = body["conferenceId"]
+        raise error from None
+    except IntegrityError:
+        # Tracked at the same moment by another request: answer with that one.
+        session.rollback()
+        tracked = conferences.track(session, provider(), body["conferenceId"],
+                                    current_app.config)
+    members = conferences.members(session, tracked.conference)
+    return ok({"conference": conference_json(tracked.conference, members),
+               "created": tracked.created, "waitingEvents": tracked.waiting},
+              201 if tracked.created else 200,
+              {"Location": url_for("api.get_conference", ident=tracked.conference.id)})
 
 
 @bp.get("/conferences")

@@ -146,10 +146,14 @@ def rematch_event(event_id: int) -> Response:
 @bp.response(200, schemas.RematchReport)
 @document_errors(401, 404)
 def rematch_events(body: dict[str, Any]) -> Response:
-    """Match every unmatched and/or conflicting event again; report the outcome."""
-    conference_pk = conference_or_404(body["conference"]).id if "conference" in body else None
+    """Match every unmatched and/or conflicting event again; report the outcome.
+
+    With ``conference``: that conference's events, and the unmatched ones naming its
+    ``conferenceId`` (events of a conference tracked after they arrived).
+    """
+    conference = conference_or_404(body["conference"]) if "conference" in body else None
     session = db.write_session()
-    report = events.rematch_many(session, body["match"], conference_pk, body["limit"])
+    report = events.rematch_many(session, body["match"], conference, body["limit"])
     session.commit()
     return ok(report.__dict__)
 

@@ -128,6 +128,11 @@ class ConferenceCreateBody(Strict):
     callbackTimeout = fields.Integer(validate=validate.Range(*CALLBACK_TIMEOUT_RANGE))
 
 
+class TrackBody(Strict):
+    conferenceId = fields.String(required=True, validate=ID_LENGTH,
+                                 metadata={"description": "The provider's conference id."})
+
+
 # -- responses --------------------------------------------------------------------------------
 
 class ErrorBody(ma.Schema):
@@ -192,6 +197,14 @@ class ConferenceView(Conference):
 class ConferencePage(ma.Schema):
     data = fields.List(fields.Nested(Conference), required=True)
     nextCursor = fields.String(allow_none=True, required=True)
+
+
+class Tracked(ma.Schema):
+    conference = fields.Nested(Conference, required=True)
+    created = fields.Boolean(required=True, metadata={
+        "description": "False when the conference was tracked already."})
+    waitingEvents = fields.Integer(required=True, metadata={
+        "description": "Stored events that name it but are not matched; re-match them."})
 
 
 class MemberChange(ma.Schema):
