@@ -37,6 +37,7 @@ OPERATIONS = [
     ("GET", "/api/v1/conferences/{ident}/events"),
     ("POST", "/api/v1/conferences/{ident}/terminate"),
     ("POST", "/api/v1/conferences/{ident}/refresh"),
+    ("POST", "/api/v1/conferences/track"),
     ("GET", "/api/v1/events"), ("GET", "/api/v1/events/export"),
     ("GET", "/api/v1/events/{event_id}"), ("POST", "/api/v1/events/{event_id}/rematch"),
     ("POST", "/api/v1/events/rematch"), ("GET", "/api/v1/stats"),
