@@ -31,8 +31,10 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from app import admin, api, callbacks
+    from app import admin, api, callbacks, health, logs
 
+    logs.init_app(app)
+    health.init_app(app)
     api.init_app(app)
     callbacks.init_app(app)
     admin.init_app(app)  # last: it exempts the other blueprints from CSRF checks

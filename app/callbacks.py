@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app import db, events
+from app import db, events, metrics
 from app.errors import APIError
 from app.keys import CHANNELS
 from app.payload import decode_json, is_json, single_values
@@ -53,6 +53,7 @@ def deliver(channel: str, subject: str, key: str) -> Response:
     secrets = [current_app.config["CONFHOOK_SECRET_KEY"],
                *current_app.config["CONFHOOK_OLD_SECRET_KEYS"]]
     session = db.write_session()
+    fields: Any = None
     try:
         events.authenticate(secrets, subject, key)
         fields = read_fields()
@@ -63,14 +64,25 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         reason = exc.reason if isinstance(exc, events.Rejected) else exc.code
         events.count_rejection(session, reason)
         session.commit()
+        rejected = isinstance(exc, events.Rejected) and exc.status in (401, 404)
+        event_type = fields.get("eventType") if isinstance(fields, dict) else None
+        metrics.delivery(event_type, channel, request.method,
+                         "rejected" if rejected else "invalid")
         # Never log the key: it is the credential.
-        log.warning("delivery rejected: %s channel=%s subject=%s", reason, channel,
-                    subject[:40])
+        log.warning("delivery %s", "rejected" if rejected else "invalid", extra={
+            "reason": reason, "channel": channel, "subject": subject[:40],
+            "event_type": metrics.event_type_label(event_type)})
         if isinstance(exc, events.Rejected):
             code = "unauthorized" if exc.status == 401 else "invalid_event"
             raise APIError(exc.status, code, str(exc), exc.details) from None
         raise
     session.commit()
+    result = "duplicate" if outcome.duplicate else "stored"
+    metrics.delivery(outcome.event_type, channel, request.method, result)
+    log.info("delivery %s", result, extra={
+        "outcome": result, "event_id": outcome.event_id, "event_type": outcome.event_type,
+        "channel": channel, "method": request.method, "match": outcome.match,
+        "conference": outcome.conference_pk})
     response = Response(status=204)
     response.headers["X-Confhook-Event"] = (
         f"{outcome.event_id}; {'duplicate' if outcome.duplicate else 'stored'}; "
@@ -78,19 +90,5 @@ def deliver(channel: str, subject: str, key: str) -> Response:
     return response
 
 
-def redacted_path(path: str) -> str:
-    """Return ``path`` with a callback URL's key replaced, for logs."""
-    parts = path.split("/")
-    if len(parts) >= 5 and parts[1] == "callbacks":
-        parts[4] = "<key>"
-    return "/".join(parts)
-
-
-def _log_path() -> None:
-    # gunicorn's access log reads this (config/gunicorn.conf.py): never log a URL key.
-    request.environ["confhook.log_path"] = redacted_path(request.path)
-
-
 def init_app(app: Flask) -> None:
-    app.before_request(_log_path)
     app.register_blueprint(bp)

@@ -7,6 +7,7 @@ anything twice: a connection that was never established (any method), and for re
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -14,6 +15,8 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+from app import metrics
 
 
 class CatapultError(Exception):
@@ -90,15 +93,22 @@ class CatapultClient:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None
                  ) -> requests.Response:
+        operation = metrics.provider_operation(method, path)
+        started = time.perf_counter()
         try:
             response = self.session.request(method, f"{self.base}/{path}", json=body,
                                             timeout=self.timeout, allow_redirects=False)
         except requests.Timeout as exc:
+            metrics.provider_call(operation, "timeout", time.perf_counter() - started)
             raise CatapultTimeout(f"provider did not answer {method} {path} in time") from exc
         except requests.RequestException as exc:
+            metrics.provider_call(operation, "unreachable", time.perf_counter() - started)
             raise CatapultUnavailable(f"provider unreachable for {method} {path}: "
                                       f"{type(exc).__name__}") from exc
-        if response.status_code >= 300:
+        status = response.status_code
+        metrics.provider_call(operation, "ok" if status < 300 else f"http_{status // 100}xx",
+                              time.perf_counter() - started)
+        if status >= 300:
             raise _api_error(response)
         return response
 

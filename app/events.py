@@ -79,6 +79,7 @@ class Parsed:
 @dataclass(frozen=True)
 class Outcome:
     event_id: int
+    event_type: str
     duplicate: bool
     match: str
     match_reason: str | None
@@ -310,8 +311,9 @@ def receive(session: Session, *, subject: str, channel: str, method: str,
     duplicate = row.deliveries > 1
     if not duplicate and conference is not None and match == "matched":
         apply(session, conference.id, event, event.event_time or now)
-    return Outcome(event_id=row.id, duplicate=duplicate, match=row.match,
-                   match_reason=row.match_reason, conference_pk=row.conference_pk)
+    return Outcome(event_id=row.id, event_type=event.event_type, duplicate=duplicate,
+                   match=row.match, match_reason=row.match_reason,
+                   conference_pk=row.conference_pk)
 
 
 def _match(session: Session, subject: str, event: Parsed

@@ -5,6 +5,8 @@ Run: gunicorn -c config/gunicorn.conf.py wsgi:app
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 
 def _env_int(name: str, default: int) -> int:
@@ -30,9 +32,34 @@ keepalive = _env_int("CONFHOOK_KEEPALIVE", 5)
 limit_request_line = _env_int("CONFHOOK_LIMIT_REQUEST_LINE", 8190)
 limit_request_fields = 100
 limit_request_field_size = 8190
-accesslog = os.environ.get("CONFHOOK_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("CONFHOOK_LOG_LEVEL", "info")
+# With JSON logs (the default) the app writes one JSON line per request to stdout, with its
+# request id, route, status and duration: that is the access log, and gunicorn's own lines
+# are JSON too. With CONFHOOK_LOG_FORMAT=text, gunicorn writes a classic access log.
+_json_logs = os.environ.get("CONFHOOK_LOG_FORMAT", "json").strip().lower() != "text"
+accesslog = os.environ.get("CONFHOOK_ACCESS_LOG", "" if _json_logs else "-") or None
+if _json_logs:
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",
+        }},
+        "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json",
+                                "stream": "ext://sys.stdout"}},
+        "root": {"level": "WARNING", "handlers": ["stdout"]},
+        "loggers": {
+            "gunicorn.error": {"level": loglevel.upper(), "handlers": ["stdout"],
+                               "propagate": False},
+            # The app's own request line replaces gunicorn's, unless an access log is asked for.
+            "gunicorn.access": {"level": "INFO" if accesslog else "CRITICAL",
+                                "handlers": ["stdout"], "propagate": False},
+        },
+    }
 # Honour X-Forwarded-* only from these proxy addresses.
 forwarded_allow_ips = os.environ.get("CONFHOOK_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # gunicorn's control socket (gunicornc) is off unless a path is given: its default, one per
@@ -43,3 +70,28 @@ if _control_socket:
 control_socket_disable = not _control_socket
 # Callback URLs carry their key in the path: log the path without it.
 access_log_format = '%(h)s "%(m)s %({confhook.log_path}e)s" %(s)s %(B)s %(M)sms'
+
+# Prometheus metrics with several workers: each worker writes its samples to files in one
+# directory, which /metrics adds up. A fresh directory per start, unless one is given.
+# (A reload re-reads this file in the same master: the directory is kept then.)
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+_own_metrics_dir = not _metrics_dir or os.environ.get("CONFHOOK_OWN_METRICS_DIR") == _metrics_dir
+if not _metrics_dir:
+    _metrics_dir = tempfile.mkdtemp(prefix="confhook-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["CONFHOOK_OWN_METRICS_DIR"] = _metrics_dir
+elif not _own_metrics_dir:
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for _name in os.listdir(_metrics_dir):  # samples of an earlier run
+        if _name.endswith(".db"):
+            os.unlink(os.path.join(_metrics_dir, _name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -134,10 +134,15 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not tokens:
         problems.append("CONFHOOK_API_TOKENS is required (comma-separated bearer tokens)")
 
-    admin_hash = _text(env, "CONFHOOK_ADMIN_PASSWORD_HASH")
-    if admin_hash and not admin_hash.startswith(("scrypt:", "pbkdf2:")):
+    # Several hashes (comma-separated) let the password change without locking anyone out.
+    admin_hashes = [h.strip() for h in (_text(env, "CONFHOOK_ADMIN_PASSWORD_HASH") or ""
+                                        ).split(",") if h.strip()]
+    if any(not h.startswith(("scrypt:", "pbkdf2:")) for h in admin_hashes):
         problems.append("CONFHOOK_ADMIN_PASSWORD_HASH must be a hash from "
                         "`flask --app wsgi hash-password`, not the password itself")
+    metrics_token = _text(env, "CONFHOOK_METRICS_TOKEN")
+    if metrics_token and len(metrics_token) < MIN_TOKEN_LENGTH:
+        problems.append(f"CONFHOOK_METRICS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
     cookie_secure_raw = (_text(env, "CONFHOOK_COOKIE_SECURE") or "").lower()
     if cookie_secure_raw not in ("", "true", "false"):
         problems.append("CONFHOOK_COOKIE_SECURE must be true or false")
@@ -154,6 +159,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
     config: dict[str, Any] = {
         "SECRET_KEY": secret,
+        # Admin sessions signed under an earlier secret stay valid while it is listed.
+        "SECRET_KEY_FALLBACKS": old_secrets,
         "CONFHOOK_SECRET_KEY": secret,
         "CONFHOOK_OLD_SECRET_KEYS": old_secrets,
         "DATABASE_URL": database_url,
@@ -169,7 +176,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CONFHOOK_API_TOKENS": tokens,
         "CONFHOOK_MAX_BODY_BYTES": _int(env, "CONFHOOK_MAX_BODY_BYTES", 64 * 1024,
                                         1024, 16 * 1024 * 1024, problems),
-        "CONFHOOK_ADMIN_PASSWORD_HASH": admin_hash,
+        "CONFHOOK_ADMIN_PASSWORD_HASHES": admin_hashes,
+        "CONFHOOK_METRICS_TOKEN": metrics_token,
+        "CONFHOOK_LOG_FORMAT": _choice(env, "CONFHOOK_LOG_FORMAT", "json", ("json", "text"),
+                                       problems),
         "SESSION_COOKIE_NAME": "confhook_session",
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Strict",

@@ -73,6 +73,7 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     emulator_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None
+    with_emulator: bool = True  # False: one more instance of the service, for the same emulator
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -118,23 +119,27 @@ class Stack:
                        env=self.env(), check=True, stdout=subprocess.DEVNULL)
 
     def start(self) -> None:
-        for port in (self.service_port, self.emulator_port):
+        for port in (self.service_port, *([self.emulator_port] if self.with_emulator else [])):
             if not _port_free(port):
                 raise SystemExit(f"port {port} is in use: stop what runs there, or set "
                                  "CONFHOOK_PORT / EMULATOR_PORT")
         self.migrate()
-        self._spawn("emulator", [
-            sys.executable, "-m", "app.emulator", "--port", str(self.emulator_port),
-            "--user-id", EMULATOR_CREDENTIALS["user"], "--token", EMULATOR_CREDENTIALS["token"],
-            "--secret", EMULATOR_CREDENTIALS["secret"], *self.emulator_args])
+        if self.with_emulator:
+            self._spawn("emulator", [
+                sys.executable, "-m", "app.emulator", "--port", str(self.emulator_port),
+                "--user-id", EMULATOR_CREDENTIALS["user"],
+                "--token", EMULATOR_CREDENTIALS["token"],
+                "--secret", EMULATOR_CREDENTIALS["secret"], *self.emulator_args])
         self._spawn("service", [sys.executable, "-m", "gunicorn", "-c",
                                 "config/gunicorn.conf.py", "wsgi:app"])
         self.wait_ready()
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
-        for url in (f"{self.emulator_url}/_emulator/faults",
-                    f"{self.service_url}/api/v1/conferences/-"):
+        urls = [f"{self.service_url}/readyz"]
+        if self.with_emulator:
+            urls.insert(0, f"{self.emulator_url}/_emulator/faults")
+        for url in urls:
             while True:
                 for proc in self.processes:
                     if proc.poll() is not None:
@@ -142,8 +147,9 @@ class Stack:
                         raise SystemExit(f"a process exited early ({proc.args[2:4]}): "
                                          "see its output above")
                 try:
-                    requests.get(url, timeout=1, headers=self.auth())
-                    break
+                    if requests.get(url, timeout=1).status_code < 500:
+                        break
+                    raise requests.ConnectionError("not ready yet")
                 except requests.RequestException:
                     if time.monotonic() > deadline:
                         self.stop()
@@ -343,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                   values["CONFHOOK_SECRET_KEY"], values["CONFHOOK_API_TOKENS"],
                   admin_password=values["ADMIN_PASSWORD"],
                   emulator_args=["--retry-delay", "0.5"],
+                  # Text logs read better in a terminal; production defaults to JSON lines.
+                  extra_env={"CONFHOOK_LOG_FORMAT":
+                             os.environ.get("CONFHOOK_LOG_FORMAT", "text")},
                   log_dir=instance / "logs" if args.demo else None)
     with running(stack):
         if args.demo:

@@ -45,7 +45,15 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 def password_configured() -> bool:
-    return bool(current_app.config["CONFHOOK_ADMIN_PASSWORD_HASH"])
+    return bool(current_app.config["CONFHOOK_ADMIN_PASSWORD_HASHES"])
+
+
+def password_matches(password: str) -> bool:
+    """Check against every configured hash (current and any being rotated out)."""
+    ok = False
+    for hashed in current_app.config["CONFHOOK_ADMIN_PASSWORD_HASHES"]:
+        ok |= check_password_hash(hashed, password)
+    return ok
 
 
 def signed_in() -> bool:
@@ -107,8 +115,7 @@ def sign_in() -> Any:
         if recent_failures(address) >= SIGNIN_LIMIT:
             log.warning("admin sign-in refused: too many failures from %s", address)
             error, status = "Too many failed attempts. Wait a few minutes.", 429
-        elif check_password_hash(current_app.config["CONFHOOK_ADMIN_PASSWORD_HASH"],
-                                 request.form.get("password", "")):
+        elif password_matches(request.form.get("password", "")):
             session.clear()
             session["admin"] = True
             session.permanent = True
