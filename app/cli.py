@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from alembic import command
 from alembic.config import Config
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 from sqlalchemy.engine import make_url
 from werkzeug.security import generate_password_hash
 
@@ -87,7 +89,52 @@ def hash_password_command(password: str) -> None:
     click.echo(generate_password_hash(password))
 
 
+@click.command("purge")
+@click.option("--older-than-days", "days", required=True, type=click.IntRange(min=1),
+              help="Remove what ended or arrived more than this many days ago.")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000),
+              help="Rows per transaction.")
+@click.option("--archive", "archive_path", type=click.Path(dir_okay=False),
+              help="Append what is removed to this NDJSON file first (.gz: compressed).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@with_appcontext
+def purge_command(days: int, batch_size: int, archive_path: str | None, dry_run: bool) -> None:
+    """Purge (or archive, then purge) ended conferences and events older than N days."""
+    import gzip
+    from contextlib import nullcontext
+    from datetime import timedelta
+
+    from app import retention
+    from app.models import utcnow
+
+    cutoff = utcnow() - timedelta(days=days)
+    database = db.database()
+    if dry_run:
+        with database.reader() as session:
+            report = retention.count(session, cutoff)
+        click.echo(f"would remove (before {cutoff:%Y-%m-%dT%H:%M:%SZ}): {_summary(report)}")
+        return
+    opener: Any = nullcontext(None)
+    if archive_path:
+        # Closed by the with below.
+        opener = (gzip.open(archive_path, "ab") if archive_path.endswith(".gz")  # noqa: SIM115
+                  else open(archive_path, "ab"))  # noqa: SIM115
+    with opener as stream:
+        archive = retention.Archive(stream) if stream is not None else None
+        report = retention.purge(database.writer, cutoff, batch_size, archive)
+    where = f", archived to {archive_path}" if archive_path else ""
+    click.echo(f"removed (before {cutoff:%Y-%m-%dT%H:%M:%SZ}){where}: {_summary(report)} "
+               f"in {report.batches} transactions")
+
+
+def _summary(report: Any) -> str:
+    return (f"{report.conferences} conferences, {report.members} members, "
+            f"{report.events} events, {report.rejected_minutes} rejected-delivery minutes, "
+            f"{report.signin_minutes} sign-in-failure minutes")
+
+
 def init_app(app: Flask) -> None:
+    app.cli.add_command(purge_command)
     app.cli.add_command(migrate_command)
     app.cli.add_command(create_conference_command)
     app.cli.add_command(shared_callback_url_command)

@@ -231,3 +231,26 @@ def test_track_form_names_a_bad_id(admin: FlaskClient) -> None:
                           data={"csrf_token": token, "conferenceId": "  "})
     assert response.status_code == 422
     assert "give the provider&#39;s conference id" in response.get_data(as_text=True)
+
+
+def test_secret_and_password_rotate_without_signing_anyone_out(env: dict[str, str]) -> None:
+    before = create_app(env).test_client()
+    sign_in(before)
+    cookie = before.get_cookie("confhook_session")
+    assert cookie is not None
+    new_secret = "rotated-secret-key-0123456789-abcdefghijkl"
+    rotated = {**env, "CONFHOOK_SECRET_KEY": new_secret, "CONFHOOK_OLD_SECRET_KEYS": SECRET,
+               "CONFHOOK_ADMIN_PASSWORD_HASH":
+                   f"{generate_password_hash('the new password, long')},"
+                   f"{env['CONFHOOK_ADMIN_PASSWORD_HASH']}"}
+    after = create_app(rotated).test_client()
+    after.set_cookie("confhook_session", cookie.value)
+    assert after.get("/admin/").status_code == 200  # the old secret still verifies it
+    for password in ("the new password, long", PASSWORD):  # both, while both are listed
+        fresh = create_app(rotated).test_client()
+        response = fresh.post("/admin/sign-in", data={"password": password,
+                                                      "csrf_token": csrf_token(fresh)})
+        assert response.status_code == 302
+    done = create_app({**rotated, "CONFHOOK_OLD_SECRET_KEYS": ""}).test_client()
+    done.set_cookie("confhook_session", cookie.value)
+    assert done.get("/admin/").status_code == 302  # once the old secret is dropped
