@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app import db, events, metrics
+from app import db, events, groupcommit, metrics
 from app.errors import APIError
 from app.keys import CHANNELS
 from app.payload import decode_json, is_json, single_values
@@ -57,8 +58,18 @@ def deliver(channel: str, subject: str, key: str) -> Response:
     try:
         events.authenticate(secrets, subject, key)
         fields = read_fields()
-        outcome = events.receive(session, subject=subject, channel=channel,
-                                 method=request.method, fields=fields)
+        committer = current_app.extensions.get(groupcommit.EXTENSION)
+        if committer is not None:
+            outcome = committer.receive(groupcommit.Job(subject, channel, request.method,
+                                                        fields))
+        else:
+            outcome = events.receive(session, subject=subject, channel=channel,
+                                     method=request.method, fields=fields)
+            session.commit()
+    except FuturesTimeout:
+        # It may still be stored; a retry of it would then count as a duplicate.
+        raise APIError(503, "database_busy", "the database did not take the event in time; "
+                       "retry later", headers={"Retry-After": "5"}) from None
     except (events.Rejected, APIError) as exc:
         session.rollback()
         reason = exc.reason if isinstance(exc, events.Rejected) else exc.code
@@ -76,7 +87,6 @@ def deliver(channel: str, subject: str, key: str) -> Response:
             code = "unauthorized" if exc.status == 401 else "invalid_event"
             raise APIError(exc.status, code, str(exc), exc.details) from None
         raise
-    session.commit()
     result = "duplicate" if outcome.duplicate else "stored"
     metrics.delivery(outcome.event_type, channel, request.method, result)
     log.info("delivery %s", result, extra={
@@ -91,4 +101,7 @@ def deliver(channel: str, subject: str, key: str) -> Response:
 
 
 def init_app(app: Flask) -> None:
+    if app.config["DATABASE_URL"].startswith("sqlite"):
+        app.extensions[groupcommit.EXTENSION] = groupcommit.GroupCommitter(
+            db.database(app).writer)
     app.register_blueprint(bp)

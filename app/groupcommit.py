@@ -1,0 +1,122 @@
+"""Group commit of deliveries on SQLite: one writer thread per process, one commit per batch.
+
+SQLite lets one writer in at a time and makes each waiting writer sleep and retry, so with
+many request threads the waits, not the work, decide the throughput; and with
+``synchronous=FULL`` every commit is an fsync. Here request threads hand their delivery to this
+process's writer thread and wait. The writer takes every delivery waiting, stores each in its
+own savepoint (a refused one rolls back alone), commits once, and only then answers each
+request. A request still answers only after its event is committed; nothing waits for a batch
+to fill: under light load a batch is one delivery.
+
+PostgreSQL takes concurrent writers as they come (row locks, its own WAL group commit), and a
+batch there could hold several conferences' row locks at once and deadlock with another
+instance's batch: there every request commits its own delivery (``db.write_session``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from app import events
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "confhook.groupcommit"
+MAX_BATCH = 200
+IDLE_EXIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Job:
+    subject: str
+    channel: str
+    method: str
+    fields: Any
+
+
+class GroupCommitter:
+    """Store deliveries through one writer thread; :meth:`receive` blocks until committed."""
+
+    def __init__(self, new_session: Callable[[], Session]) -> None:
+        self.new_session = new_session
+        self.jobs: queue.SimpleQueue[tuple[Job, Future[events.Outcome]]] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.batches = 0  # committed batches and the deliveries in them, for tests and benches
+        self.deliveries = 0
+
+    def receive(self, job: Job, timeout_s: float = 60.0) -> events.Outcome:
+        """Store ``job``; return its outcome once committed, or raise what refused it."""
+        future: Future[events.Outcome] = Future()
+        self.jobs.put((job, future))
+        self._ensure_thread()
+        return future.result(timeout=timeout_s)
+
+    def _ensure_thread(self) -> None:
+        # Started on first use, so each gunicorn worker (a fork) gets its own.
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="confhook-writer",
+                                               daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self.jobs.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self.lock:
+                    if self.jobs.empty():  # nobody queued while we were deciding
+                        self.thread = None
+                        return
+                continue
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Job, Future[events.Outcome]]]) -> None:
+        done: list[tuple[Future[events.Outcome], events.Outcome | None,
+                         BaseException | None]] = []
+        try:
+            with self.new_session() as session:
+                for job, future in batch:
+                    try:
+                        with session.begin_nested():
+                            outcome = events.receive(
+                                session, subject=job.subject, channel=job.channel,
+                                method=job.method, fields=job.fields)
+                        done.append((future, outcome, None))
+                    except (events.Rejected, DBAPIError) as exc:
+                        done.append((future, None, exc))
+                    # Later jobs must read what the database holds, not this session's copy.
+                    session.expire_all()
+                session.commit()
+            self.batches += 1
+            self.deliveries += len(batch)
+        except BaseException as exc:
+            log.error("group commit of %d deliveries failed: %s", len(batch),
+                      type(exc).__name__)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for future, outcome, error in done:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(outcome)  # type: ignore[arg-type]

@@ -1,0 +1,214 @@
+"""Ingest benchmark: the service under gunicorn receiving callback deliveries from wrk.
+
+In one run, with the same gunicorn config (``config/gunicorn.conf.py``) and load for both:
+
+1. the baseline, a bare Flask app that parses each delivery and answers 204 (bench/baseline_app);
+2. the service (production config, JSON logs to a file) storing every delivery in the database.
+
+For each it prints events/s and p50/p99 latency, then the service's share of the baseline's
+throughput. Afterwards it checks over the API that every delivery answered 2xx was stored.
+With ``--memory`` it sends ``--events`` deliveries in rounds and prints each worker's RSS after
+every round.
+
+    .venv/bin/python -m bench.ingest                                  # SQLite, POST
+    .venv/bin/python -m bench.ingest --method GET --duplicates 30
+    .venv/bin/python -m bench.ingest --database-url postgresql+psycopg://…/bench
+    .venv/bin/python -m bench.ingest --memory --events 100000
+
+Needs wrk (Debian: ``apt-get install wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from scripts.local import ROOT, Stack, running
+from tests.servers import free_port
+
+LUA = Path(__file__).resolve().parent / "deliveries.lua"
+
+
+def wrk(url_base: str, targets: list[tuple[str, str]], *, seconds: float, connections: int,
+        threads: int, method: str, duplicates: int, run: str) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_TARGETS": ",".join(f"{p}|{c}" for p, c in targets),
+           "BENCH_METHOD": method, "BENCH_DUPLICATES": str(duplicates), "BENCH_RUN": run,
+           "BENCH_TAG": "bench"}
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
+            "--timeout", "10s", "-s", str(LUA), url_base]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+@contextmanager
+def baseline(port: int, extra_env: dict[str, str], log: Path) -> Iterator[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFHOOK_")}
+    env.update(extra_env)
+    env["CONFHOOK_BIND"] = f"127.0.0.1:{port}"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+                                 "bench.baseline_app:app"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/readyz", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"the baseline did not start: see {log}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def worker_rss(master_pid: int) -> list[int]:
+    """RSS in KiB of each gunicorn worker under ``master_pid``."""
+    sizes = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("PPid", "").strip() == str(master_pid):
+            sizes.append(int(fields["VmRSS"].split()[0]))
+    return sorted(sizes)
+
+
+def row(name: str, result: dict[str, Any]) -> str:
+    errors = result["non2xx"] + result["connect_errors"] + result["read_errors"] + \
+        result["timeouts"]
+    return (f"| {name} | {result['rate']:,.0f} | {result['p50_us'] / 1000:.2f} ms | "
+            f"{result['p99_us'] / 1000:.2f} ms | {result['requests']:,} | {errors} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--method", choices=("POST", "GET"), default="POST")
+    parser.add_argument("--duplicates", type=int, default=0, help="percent of repeats")
+    parser.add_argument("--conferences", type=int, default=20,
+                        help="conferences the events are spread over (1: the worst case)")
+    parser.add_argument("--workers", default="", help="CONFHOOK_WORKERS (default: config's)")
+    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
+                        help="CONFHOOK_SQLITE_SYNCHRONOUS")
+    parser.add_argument("--server-threads", default="",
+                        help="CONFHOOK_THREADS (default: config's)")
+    parser.add_argument("--memory", action="store_true",
+                        help="send --events deliveries in rounds, print worker RSS")
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk")
+
+    work = Path(tempfile.mkdtemp(prefix="confhook-bench-"))
+    url = args.database_url or f"sqlite:///{work / 'ingest.db'}"
+    extra = {"CONFHOOK_LOG_FORMAT": "json", "CONFHOOK_SQLITE_SYNCHRONOUS": args.synchronous}
+    if args.workers:
+        extra["CONFHOOK_WORKERS"] = args.workers
+    if args.server_threads:
+        extra["CONFHOOK_THREADS"] = args.server_threads
+    load = {"connections": args.connections, "threads": args.threads, "method": args.method,
+            "duplicates": args.duplicates}
+    print(f"database: {url.split('@')[-1]}; {args.method}, {args.duplicates} % duplicates, "
+          f"{args.conferences} conferences, {args.connections} connections, "
+          f"{args.seconds:g} s per measurement")
+
+    results = {}
+    if not args.memory:
+        with baseline(free_port(), extra, work / "baseline.log") as base:
+            fake = [(f"/callbacks/callback/cf{i}/key", f"conf-{i}")
+                    for i in range(args.conferences)]
+            wrk(base, fake, seconds=args.warmup, run="warm", **load)
+            results["baseline"] = wrk(base, fake, seconds=args.seconds, run="b", **load)
+
+    stack = Stack(free_port(), free_port(), url, secrets.token_urlsafe(32),
+                  "bench-" + secrets.token_urlsafe(16), extra_env=extra, log_dir=work)
+    with running(stack):
+        conferences = []
+        for _ in range(args.conferences):
+            created = requests.post(f"{stack.service_url}/api/v1/conferences", timeout=15,
+                                    json={"from": "+19195551212", "tag": "bench",
+                                          "callbackHttpMethod": args.method},
+                                    headers=stack.auth())
+            created.raise_for_status()
+            conferences.append(created.json())
+        targets = [("/" + c["callbackUrl"].split("/", 3)[3], c["conferenceId"])
+                   for c in conferences]
+        run = secrets.token_hex(3)
+        answered = 0
+        warm = wrk(stack.service_url, targets, seconds=args.warmup, run=f"{run}w", **load)
+        answered += warm["requests"] - warm["non2xx"]
+        master = stack.processes[-1].pid
+        if args.memory:
+            print("| after events | RSS of each worker (MiB) |\n|---|---|")
+            print(f"| {answered:,} | "
+                  f"{', '.join(f'{kib / 1024:.1f}' for kib in worker_rss(master))} |")
+            round_no = 0
+            while answered < args.events:
+                round_no += 1
+                result = wrk(stack.service_url, targets, seconds=args.seconds,
+                             run=f"{run}m{round_no}", **load)
+                answered += result["requests"] - result["non2xx"]
+                print(f"| {answered:,} | "
+                      f"{', '.join(f'{kib / 1024:.1f}' for kib in worker_rss(master))} |",
+                      flush=True)
+        else:
+            results["service"] = wrk(stack.service_url, targets, seconds=args.seconds,
+                                     run=f"{run}s", **load)
+            answered += results["service"]["requests"] - results["service"]["non2xx"]
+        time.sleep(1)
+        stored = distinct = 0
+        for conference in conferences:
+            view = requests.get(f"{stack.service_url}/api/v1/conferences/{conference['id']}",
+                                headers=stack.auth(), timeout=30).json()
+            stored += view["events"]["deliveries"] - 1  # less the emulator's "created"
+            distinct += view["events"]["total"] - 1
+
+    if results:
+        print("\n| server | events/s | p50 | p99 | requests | errors |\n|---|---|---|---|---|---|")
+        print(row("baseline (parse, 204)", results["baseline"]))
+        print(row("confhook (store)", results["service"]))
+        ratio = results["service"]["rate"] / results["baseline"]["rate"]
+        print(f"\nconfhook reaches {ratio:.0%} of the baseline's throughput")
+    # wrk counts only the answers it read before its time was up: the server may have stored
+    # a few more (answered, but after wrk stopped reading). Fewer would be a loss.
+    print(f"deliveries answered 2xx: {answered:,}; stored: {stored:,} "
+          f"({distinct:,} distinct events)")
+    shutil.rmtree(work, ignore_errors=True)
+    if stored < answered:
+        print(f"LOST: {answered - stored} acknowledged deliveries are not in the database")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
