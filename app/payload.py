@@ -79,3 +79,17 @@ def reject_nul_in_request() -> None:
                 where[name.replace("\x00", "\\0")[:64]] = "NUL character"
     if where:
         raise APIError(400, "invalid_request", "a NUL character is not allowed", where)
+
+
+def require_utf8_query_string() -> None:
+    """Answer 400 for a query string with raw bytes that are not UTF-8, for every endpoint.
+
+    (Percent-encoded bytes are decoded leniently; raw ones would fail deep inside a view.)
+    """
+    from flask import request
+
+    try:
+        request.query_string.decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, "invalid_request", "the query string is not UTF-8; "
+                       "percent-encode it") from None

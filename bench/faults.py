@@ -1,0 +1,153 @@
+"""Fault run: kill -9 gunicorn workers while deliveries flow; nothing answered 2xx is lost.
+
+Sends distinct conference events from several threads to the service under gunicorn (the
+production config, several workers), and every ``--kill-every`` seconds kills a random worker
+with SIGKILL (gunicorn starts a new one). Each delivery's answer is recorded:
+
+- a 2xx names the stored event in ``X-Confhook-Event``; afterwards every one of them must be
+  in the database with the payload that was sent;
+- an error or a broken connection is what the provider would retry: the run retries those
+  until they are answered 2xx, as the provider's retry or fallback would.
+
+At the end every event sent must be stored exactly once (one row per event), and no row may
+exist that was not sent. Exit status 0 only if so.
+
+    .venv/bin/python -m bench.faults                           # SQLite
+    .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from scripts.local import Stack, running
+from tests.servers import free_port
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--senders", type=int, default=12)
+    parser.add_argument("--kill-every", type=float, default=1.0)
+    parser.add_argument("--workers", default="3")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="confhook-faults-"))
+    url = args.database_url or f"sqlite:///{work / 'faults.db'}"
+    stack = Stack(free_port(), free_port(), url, secrets.token_urlsafe(32),
+                  "faults-" + secrets.token_urlsafe(16), log_dir=work,
+                  extra_env={"CONFHOOK_WORKERS": args.workers, "CONFHOOK_THREADS": "4"})
+    with running(stack):
+        conference = requests.post(f"{stack.service_url}/api/v1/conferences", timeout=15,
+                                   json={"from": "+19195551212", "tag": "faults"},
+                                   headers=stack.auth()).json()
+        cid = conference["conferenceId"]
+        bodies = [{"eventType": "conference-speak", "conferenceId": cid, "tag": "faults",
+                   "status": "started", "n": n,
+                   "time": f"2026-11-24T{n // 3600 % 24:02d}:{n // 60 % 60:02d}:"
+                           f"{n % 60:02d}.{n % 1000:03d}Z"} for n in range(args.events)]
+        acknowledged: dict[int, int] = {}  # body index -> stored event id
+        failures: list[int] = []
+        kills = 0
+        stop = threading.Event()
+        master = stack.processes[-1].pid
+
+        def killer() -> None:
+            nonlocal kills
+            while not stop.wait(args.kill_every):
+                pids = worker_pids(master)
+                if pids:
+                    os.kill(random.choice(pids), signal.SIGKILL)
+                    kills += 1
+
+        def send(index: int) -> tuple[int, int | None]:
+            try:
+                response = requests.post(conference["callbackUrl"], json=bodies[index],
+                                         timeout=10)
+            except requests.RequestException:
+                return index, None
+            if response.status_code == 204:
+                return index, int(response.headers["X-Confhook-Event"].split(";")[0])
+            return index, None
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        with ThreadPoolExecutor(args.senders) as pool:
+            for index, event_id in pool.map(send, range(args.events)):
+                if event_id is None:
+                    failures.append(index)
+                else:
+                    acknowledged[index] = event_id
+        stop.set()
+        thread.join()
+        elapsed = time.monotonic() - started
+        print(f"{args.events} deliveries in {elapsed:.1f} s while {kills} workers were killed: "
+              f"{len(acknowledged)} answered 204, {len(failures)} failed or cut off")
+
+        # The provider retries what was not acknowledged.
+        retried = 0
+        pending = list(failures)
+        for _ in range(20):
+            if not pending:
+                break
+            time.sleep(0.5)
+            again = []
+            for index in pending:
+                index, event_id = send(index)
+                if event_id is None:
+                    again.append(index)
+                else:
+                    acknowledged[index] = event_id
+                    retried += 1
+            pending = again
+
+        lost = []
+        mismatched = []
+        for index, event_id in acknowledged.items():
+            response = requests.get(f"{stack.service_url}/api/v1/events/{event_id}",
+                                    headers=stack.auth(), timeout=10)
+            if response.status_code != 200:
+                lost.append(index)
+            elif response.json()["payload"] != bodies[index]:
+                mismatched.append(index)
+        stored = requests.get(f"{stack.service_url}/api/v1/conferences/{conference['id']}",
+                              headers=stack.auth(), timeout=10).json()["events"]
+        speak_rows = stored["byType"].get("conference-speak", 0)
+        print(f"retried {retried} until answered; still unanswered: {len(pending)}")
+        print(f"acknowledged and not found: {len(lost)}; found with another payload: "
+              f"{len(mismatched)}; rows stored: {speak_rows} for {args.events} events")
+        ok = not lost and not mismatched and not pending and speak_rows == args.events
+    print("OK: nothing acknowledged was lost, every event stored once" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+def worker_pids(master: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{master}\n" in status:
+                pids.append(int(entry.name))
+    return pids
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
