@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -289,25 +289,17 @@ def receive(session: Session, *, subject: str, channel: str, method: str,
     event = parse(fields)
     conference, match, reason = _match(session, subject, event)
     now = utcnow()
-    events = Event.__table__
-    bit = CHANNEL_BITS[channel]
-    stmt = upsert(session, events).values(
-        conference_pk=conference.id if conference else None,
-        event_type=event.event_type, unknown_type=event.unknown_type,
-        conference_id=event.conference_id, member_id=event.member_id, call_id=event.call_id,
-        status=event.status, tag=event.tag, active_members=event.active_members,
-        mute=event.mute, hold=event.hold, event_time=event.event_time,
-        occurred_at=event.event_time or now, payload=event.payload,
-        dedup_key=event.dedup_key, first_received_at=now, last_received_at=now,
-        deliveries=1, channels=bit, method=method, match=match, match_reason=reason,
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[events.c.dedup_key],
-        set_={"deliveries": events.c.deliveries + 1, "last_received_at": now,
-              "channels": events.c.channels.op("|")(bit)},
-    ).returning(events.c.id, events.c.deliveries, events.c.match, events.c.match_reason,
-                events.c.conference_pk)
-    row = session.execute(stmt).one()
+    row = session.execute(_event_upsert(session), {
+        "conference_pk": conference.id if conference else None,
+        "event_type": event.event_type, "unknown_type": event.unknown_type,
+        "conference_id": event.conference_id, "member_id": event.member_id,
+        "call_id": event.call_id, "status": event.status, "tag": event.tag,
+        "active_members": event.active_members, "mute": event.mute, "hold": event.hold,
+        "event_time": event.event_time, "occurred_at": event.event_time or now,
+        "payload": event.payload, "dedup_key": event.dedup_key, "first_received_at": now,
+        "last_received_at": now, "deliveries": 1, "channels": CHANNEL_BITS[channel],
+        "method": method, "match": match, "match_reason": reason,
+    }).one()
     duplicate = row.deliveries > 1
     if not duplicate and conference is not None and match == "matched":
         apply(session, conference.id, event, event.event_time or now)
@@ -316,18 +308,48 @@ def receive(session: Session, *, subject: str, channel: str, method: str,
                    conference_pk=row.conference_pk)
 
 
+# The delivery path runs these for every event: built once, with bound parameters, so that
+# SQLAlchemy compiles each once per dialect instead of building a statement per delivery.
+_CONF = Conference.__table__
+_EVENTS = Event.__table__
+_MATCH_COLUMNS = (_CONF.c.id, _CONF.c.conference_id, _CONF.c.tag)
+_BY_PK = select(*_MATCH_COLUMNS).where(_CONF.c.id == bindparam("pk"))
+_BY_PROVIDER_ID = select(*_MATCH_COLUMNS).where(_CONF.c.conference_id == bindparam("cid"))
+_UPSERTS: dict[str, Any] = {}
+
+
+def _event_upsert(session: Session) -> Any:
+    """INSERT an event, or count one more delivery of it (same dedup key)."""
+    dialect = session.get_bind().dialect.name
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        columns = [c.name for c in _EVENTS.c if c.name != "id"]
+        stmt = upsert(session, _EVENTS).values({name: bindparam(name) for name in columns})
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_EVENTS.c.dedup_key],
+            set_={"deliveries": _EVENTS.c.deliveries + 1,
+                  "last_received_at": stmt.excluded.last_received_at,
+                  "channels": _EVENTS.c.channels.op("|")(stmt.excluded.channels)},
+        ).returning(_EVENTS.c.id, _EVENTS.c.deliveries, _EVENTS.c.match,
+                    _EVENTS.c.match_reason, _EVENTS.c.conference_pk)
+        _UPSERTS[dialect] = stmt
+    return stmt
+
+
 def _match(session: Session, subject: str, event: Parsed
-           ) -> tuple[Conference | None, str, str | None]:
-    """Decide which conference an event belongs to, and whether it agrees with it."""
+           ) -> tuple[Any, str, str | None]:
+    """Decide which conference an event belongs to, and whether it agrees with it.
+
+    Returns the conference as a row with ``id``, ``conference_id`` and ``tag`` (or None).
+    """
     if subject == SHARED:
         if event.conference_id is None:
             return None, "unmatched", "no_conference_id"
-        conference = session.scalar(select(Conference).where(
-            Conference.conference_id == event.conference_id))
+        conference = session.execute(_BY_PROVIDER_ID, {"cid": event.conference_id}).first()
         if conference is None:
             return None, "unmatched", "unknown_conference"
     else:
-        conference = session.get(Conference, subject)
+        conference = session.execute(_BY_PK, {"pk": subject}).first()
         if conference is None:
             return None, "unmatched", "conference_not_found"
         if event.conference_id is not None:
@@ -344,7 +366,7 @@ def _match(session: Session, subject: str, event: Parsed
                 session.execute(update(table).where(table.c.id == conference.id,
                                                     table.c.conference_id.is_(None))
                                 .values(conference_id=event.conference_id))
-                session.refresh(conference)
+                conference = session.execute(_BY_PK, {"pk": conference.id}).one()
             if conference.conference_id != event.conference_id:
                 return conference, "conflict", "conference_id_mismatch"
     if event.tag is not None and event.tag != conference.tag:
@@ -360,71 +382,111 @@ def _earlier(column: Any, value: datetime) -> ColumnElement[Any]:
     return case((column.is_(None) | (column > value), value), else_=column)
 
 
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def _cached(key: tuple[Any, ...], build: Any) -> Any:
+    """The statement for ``key``, built once by ``build()`` with bound parameters."""
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = build()
+    return stmt
+
+
 def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
     """Fold a newly stored, matched event into its conference's and member's views.
 
     Every update is conditional on the times already recorded, so applying events in any
     order gives the same view, and a late ``active`` never reopens a ``completed`` conference.
     """
-    conf = Conference.__table__
-    this = conf.c.id == conference_pk
-    session.execute(update(conf).where(this).values(
-        last_event_at=_later(conf.c.last_event_at, at)))
+    conf = _CONF
+    this = conf.c.id == bindparam("pk")
+    at_ = bindparam("at", type_=conf.c.last_event_at.type)
+    params: dict[str, Any] = {"pk": conference_pk, "at": at}
+    session.execute(_cached(("conf-last",), lambda: update(conf).where(this).values(
+        last_event_at=_later(conf.c.last_event_at, at_))), params)
 
     if event.event_type == "conference":
+        created_ = bindparam("created", type_=conf.c.created_time.type)
         if event.status == "created":
             created = parse_time(event.payload.get("createdTime"), "createdTime") or at
-            session.execute(update(conf).where(this).values(
-                created_time=_earlier(conf.c.created_time, created)))
-            session.execute(update(conf).where(this, conf.c.state.in_(("pending", "failed")))
-                            .values(state="created"))
+            session.execute(_cached(("conf-created-time",), lambda: update(conf).where(this)
+                                    .values(created_time=_earlier(conf.c.created_time,
+                                                                  created_))),
+                            {**params, "created": created})
+            session.execute(_cached(("conf-created",), lambda: update(conf).where(
+                this, conf.c.state.in_(("pending", "failed"))).values(state="created")), params)
         elif event.status == "completed":
             created = parse_time(event.payload.get("createdTime"), "createdTime")
-            values: dict[str, Any] = {
-                "state": "completed", "completed_time": at, "active_members": 0,
-                "active_members_at": at,
-            }
-            if created is not None:
-                values["created_time"] = _earlier(conf.c.created_time, created)
-            session.execute(update(conf).where(this, conf.c.state != "completed")
-                            .values(**values))
+
+            def completed() -> Any:
+                values: dict[str, Any] = {
+                    "state": "completed", "completed_time": at_, "active_members": 0,
+                    "active_members_at": at_,
+                }
+                if created is not None:
+                    values["created_time"] = _earlier(conf.c.created_time, created_)
+                return update(conf).where(this, conf.c.state != "completed").values(**values)
+
+            session.execute(_cached(("conf-completed", created is not None), completed),
+                            {**params, "created": created})
     elif event.event_type == "conference-member":
         if event.status == "active":
-            session.execute(update(conf).where(
-                this, conf.c.state.in_(("pending", "failed", "created"))).values(state="active"))
+            session.execute(_cached(("conf-active",), lambda: update(conf).where(
+                this, conf.c.state.in_(("pending", "failed", "created"))).values(
+                state="active")), params)
         if event.active_members is not None:
-            session.execute(update(conf).where(
-                this, conf.c.active_members_at.is_(None) | (conf.c.active_members_at < at))
-                .values(active_members=event.active_members, active_members_at=at))
+            session.execute(_cached(("conf-members",), lambda: update(conf).where(
+                this, conf.c.active_members_at.is_(None) | (conf.c.active_members_at < at_))
+                .values(active_members=bindparam("active"), active_members_at=at_)),
+                {**params, "active": event.active_members})
         if event.member_id is not None:
             _apply_member(session, conference_pk, event, at)
 
 
 def _apply_member(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
     members = Member.__table__
-    session.execute(upsert(session, members).values(
-        conference_pk=conference_pk, member_id=event.member_id, call_id=event.call_id,
-        state="active", mute=False, hold=False,
-    ).on_conflict_do_nothing(index_elements=[members.c.conference_pk, members.c.member_id]))
-    this = (members.c.conference_pk == conference_pk) & (members.c.member_id == event.member_id)
-    values: dict[str, Any] = {"last_event_at": _later(members.c.last_event_at, at)}
-    if event.call_id is not None:
-        values["call_id"] = case((members.c.call_id.is_(None), event.call_id),
-                                 else_=members.c.call_id)
-    if event.status == "active":
-        values["joined_at"] = _earlier(members.c.joined_at, at)
-    elif event.status == "completed":
-        values["state"] = "completed"
-        values["left_at"] = _later(members.c.left_at, at)
-    session.execute(update(members).where(this).values(**values))
+    dialect = session.get_bind().dialect.name
+    # No parameter may be named like a column: an UPDATE would take it as one more SET.
+    params = {"pk": conference_pk, "member": event.member_id, "call": event.call_id, "at": at}
+    session.execute(_cached(("member-insert", dialect), lambda: upsert(session, members).values(
+        conference_pk=bindparam("pk"), member_id=bindparam("member"),
+        call_id=bindparam("call"), state="active", mute=False, hold=False,
+    ).on_conflict_do_nothing(index_elements=[members.c.conference_pk, members.c.member_id])),
+        params)
+    this = (members.c.conference_pk == bindparam("pk")) & \
+        (members.c.member_id == bindparam("member"))
+    at_ = bindparam("at", type_=members.c.last_event_at.type)
+
+    def member_update() -> Any:
+        values: dict[str, Any] = {"last_event_at": _later(members.c.last_event_at, at_)}
+        if event.call_id is not None:
+            values["call_id"] = case((members.c.call_id.is_(None), bindparam("call")),
+                                     else_=members.c.call_id)
+        if event.status == "active":
+            values["joined_at"] = _earlier(members.c.joined_at, at_)
+        elif event.status == "completed":
+            values["state"] = "completed"
+            values["left_at"] = _later(members.c.left_at, at_)
+        return update(members).where(this).values(**values)
+
+    session.execute(_cached(("member-update", event.call_id is not None, event.status
+                             if event.status in ("active", "completed") else None),
+                            member_update), params)
     if event.mute is not None or event.hold is not None:
-        flags: dict[str, Any] = {"status_at": at}
-        if event.mute is not None:
-            flags["mute"] = event.mute
-        if event.hold is not None:
-            flags["hold"] = event.hold
-        session.execute(update(members).where(
-            this, members.c.status_at.is_(None) | (members.c.status_at <= at)).values(**flags))
+        def flags() -> Any:
+            values: dict[str, Any] = {"status_at": at_}
+            if event.mute is not None:
+                values["mute"] = bindparam("new_mute")
+            if event.hold is not None:
+                values["hold"] = bindparam("new_hold")
+            return update(members).where(
+                this, members.c.status_at.is_(None) | (members.c.status_at <= at_)
+            ).values(**values)
+
+        session.execute(_cached(("member-flags", event.mute is not None,
+                                 event.hold is not None), flags),
+                        {**params, "new_mute": event.mute, "new_hold": event.hold})
 
 
 def count_rejection(session: Session, reason: str) -> None:
