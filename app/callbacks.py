@@ -7,6 +7,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
+from sqlalchemy.engine import make_url
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import db, events, groupcommit, metrics
@@ -101,7 +102,9 @@ def deliver(channel: str, subject: str, key: str) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    if app.config["DATABASE_URL"].startswith("sqlite"):
+    url = make_url(app.config["DATABASE_URL"])
+    if url.get_backend_name() == "sqlite":
+        path = url.database if url.database not in (None, "", ":memory:") else None
         app.extensions[groupcommit.EXTENSION] = groupcommit.GroupCommitter(
-            db.database(app).writer)
+            db.database(app).writer, f"{path}-writer.lock" if path else None)
     app.register_blueprint(bp)

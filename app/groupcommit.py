@@ -15,11 +15,14 @@ instance's batch: there every request commits its own delivery (``db.write_sessi
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +49,15 @@ class Job:
 class GroupCommitter:
     """Store deliveries through one writer thread; :meth:`receive` blocks until committed."""
 
-    def __init__(self, new_session: Callable[[], Session]) -> None:
+    def __init__(self, new_session: Callable[[], Session], lock_path: str | None = None
+                 ) -> None:
         self.new_session = new_session
+        # Writers of several processes queue on this file lock, woken as soon as it is free;
+        # SQLite's own busy handler polls with sleeps of up to 100 ms and is not fair, so
+        # one process could starve for seconds while the others commit.
+        self.lock_path = lock_path
+        self.lock_file: Any = None
+        self.lock_pid = 0
         self.jobs: queue.SimpleQueue[tuple[Job, Future[events.Outcome]]] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -87,11 +97,30 @@ class GroupCommitter:
                     break
             self._commit(batch)
 
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        if self.lock_path is None:
+            yield
+            return
+        if self.lock_file is None or self.lock_pid != os.getpid():
+            try:
+                self.lock_file = open(self.lock_path, "a+b")  # noqa: SIM115 - kept open
+            except OSError:
+                # No lock file, no database either: let SQLite report it (a 503).
+                yield
+                return
+            self.lock_pid = os.getpid()
+        fcntl.flock(self.lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.lock_file.fileno(), fcntl.LOCK_UN)
+
     def _commit(self, batch: list[tuple[Job, Future[events.Outcome]]]) -> None:
         done: list[tuple[Future[events.Outcome], events.Outcome | None,
                          BaseException | None]] = []
         try:
-            with self.new_session() as session:
+            with self._writer_lock(), self.new_session() as session:
                 for job, future in batch:
                     try:
                         with session.begin_nested():
