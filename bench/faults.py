@@ -12,8 +12,14 @@ with SIGKILL (gunicorn starts a new one). Each delivery's answer is recorded:
 At the end every event sent must be stored exactly once (one row per event), and no row may
 exist that was not sent. Exit status 0 only if so.
 
+With ``--stop-database``/``--start-database`` the fault is a database outage instead: the
+service must answer 503 (never a 2xx for what it did not store) while the database is down,
+and store again once it is back, without a restart.
+
     .venv/bin/python -m bench.faults                           # SQLite
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults
+    .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults \
+        --stop-database "pg_ctl -D DATA stop -m fast" --start-database "pg_ctl -D DATA start"
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import random
 import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=12)
     parser.add_argument("--kill-every", type=float, default=1.0)
     parser.add_argument("--workers", default="3")
+    parser.add_argument("--stop-database", metavar="COMMAND",
+                        help="instead of killing workers: run this to stop the database "
+                             "once, mid-run (e.g. pg_ctl … stop -m fast)")
+    parser.add_argument("--start-database", metavar="COMMAND",
+                        help="and this to start it again after --outage seconds")
+    parser.add_argument("--outage", type=float, default=5.0)
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="confhook-faults-"))
@@ -65,13 +78,31 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         master = stack.processes[-1].pid
 
+        outages: list[float] = []
+
+        def outage() -> None:
+            if stop.wait(2.0):
+                return
+            began = time.monotonic()
+            subprocess.run(args.stop_database, shell=True, check=True,
+                           capture_output=True)
+            stop.wait(args.outage)
+            subprocess.run(args.start_database, shell=True, check=True,
+                           capture_output=True)
+            outages.append(time.monotonic() - began)
+
         def killer() -> None:
             nonlocal kills
+            if args.stop_database:
+                outage()
+                return
             while not stop.wait(args.kill_every):
                 pids = worker_pids(master)
                 if pids:
                     os.kill(random.choice(pids), signal.SIGKILL)
                     kills += 1
+
+        statuses: dict[int, int] = {}
 
         def send(index: int) -> tuple[int, int | None]:
             try:
@@ -79,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                                          timeout=10)
             except requests.RequestException:
                 return index, None
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code == 204:
                 return index, int(response.headers["X-Confhook-Event"].split(";")[0])
             return index, None
@@ -95,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         thread.join()
         elapsed = time.monotonic() - started
-        print(f"{args.events} deliveries in {elapsed:.1f} s while {kills} workers were killed: "
-              f"{len(acknowledged)} answered 204, {len(failures)} failed or cut off")
+        during = (f"the database was down for {outages[0]:.1f} s" if outages
+                  else f"{kills} workers were killed")
+        print(f"{args.events} deliveries in {elapsed:.1f} s while {during}: "
+              f"{len(acknowledged)} answered 204, {len(failures)} failed or cut off "
+              f"({statuses.get(503, 0)} of them 503)")
 
         # The provider retries what was not acknowledged.
         retried = 0
