@@ -30,7 +30,9 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
     """Create the engine; for SQLite, set WAL and the durability level on every connection."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    # A writer waits up to 10 s for SQLite's lock, then the request is a 503: well within
+    # gunicorn's worker timeout, and the provider retries.
+    engine = create_engine(url, connect_args={"timeout": 10})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -40,7 +42,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA busy_timeout=10000")
         cur.close()
 
     @event.listens_for(engine, "begin")

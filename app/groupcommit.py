@@ -64,8 +64,12 @@ class GroupCommitter:
         self.batches = 0  # committed batches and the deliveries in them, for tests and benches
         self.deliveries = 0
 
-    def receive(self, job: Job, timeout_s: float = 60.0) -> events.Outcome:
-        """Store ``job``; return its outcome once committed, or raise what refused it."""
+    def receive(self, job: Job, timeout_s: float = 20.0) -> events.Outcome:
+        """Store ``job``; return its outcome once committed, or raise what refused it.
+
+        Waiting is bounded below gunicorn's 30 s worker timeout, so a stuck database gives a
+        503 (the provider retries) rather than a killed worker.
+        """
         future: Future[events.Outcome] = Future()
         self.jobs.put((job, future))
         self._ensure_thread()
