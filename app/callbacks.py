@@ -81,7 +81,7 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         metrics.delivery(event_type, channel, request.method,
                          "rejected" if rejected else "invalid")
         # Never log the key: it is the credential.
-        log.warning("delivery %s", "rejected" if rejected else "invalid", extra={
+        log.warning("delivery %s: %s", "rejected" if rejected else "invalid", reason, extra={
             "reason": reason, "channel": channel, "subject": subject[:40],
             "event_type": metrics.event_type_label(event_type)})
         if isinstance(exc, events.Rejected):
@@ -90,7 +90,8 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         raise
     result = "duplicate" if outcome.duplicate else "stored"
     metrics.delivery(outcome.event_type, channel, request.method, result)
-    log.info("delivery %s", result, extra={
+    log.info("delivery %s: %s event %s, %s, via %s", result, outcome.event_type,
+             outcome.event_id, outcome.match, channel, extra={
         "outcome": result, "event_id": outcome.event_id, "event_type": outcome.event_type,
         "channel": channel, "method": request.method, "match": outcome.match,
         "conference": outcome.conference_pk})

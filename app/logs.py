@@ -93,7 +93,8 @@ def _finish(response: Response) -> Response:
     delivery = g.get("delivery")
     if delivery:
         fields.update(delivery)
-    log.info("request", extra=fields)
+    log.info("%s %s %s %.1f ms", request.method, fields["path"], response.status_code,
+             fields["duration_ms"], extra=fields)
     return response
 
 

@@ -34,11 +34,11 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 errorlog = "-"
 loglevel = os.environ.get("CONFHOOK_LOG_LEVEL", "info")
-# With JSON logs (the default) the app writes one JSON line per request to stdout, with its
-# request id, route, status and duration: that is the access log, and gunicorn's own lines
-# are JSON too. With CONFHOOK_LOG_FORMAT=text, gunicorn writes a classic access log.
+# The app writes one line per request to stdout (JSON by default), with its request id,
+# route, status and duration: that is the access log. gunicorn's own access log only when
+# CONFHOOK_ACCESS_LOG names a file (or - for stdout). With JSON logs gunicorn's lines are JSON.
 _json_logs = os.environ.get("CONFHOOK_LOG_FORMAT", "json").strip().lower() != "text"
-accesslog = os.environ.get("CONFHOOK_ACCESS_LOG", "" if _json_logs else "-") or None
+accesslog = os.environ.get("CONFHOOK_ACCESS_LOG", "").strip() or None
 if _json_logs:
     logconfig_dict = {
         "version": 1,
