@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy import Boolean, Integer, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -403,6 +403,14 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
     this = conf.c.id == bindparam("pk")
     at_ = bindparam("at", type_=conf.c.last_event_at.type)
     params: dict[str, Any] = {"pk": conference_pk, "at": at}
+    if event.event_type == "conference-member":
+        # One statement for the conference's part of a member event (the most common kind).
+        # Every SET expression reads the row as it was, so the conditions agree.
+        session.execute(_cached(("conf-member-event",), lambda: _member_event_update(at_)), {
+            **params, "activate": event.status == "active", "active": event.active_members})
+        if event.member_id is not None:
+            _apply_member(session, conference_pk, event, at)
+        return
     session.execute(_cached(("conf-last",), lambda: update(conf).where(this).values(
         last_event_at=_later(conf.c.last_event_at, at_))), params)
 
@@ -430,63 +438,72 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
 
             session.execute(_cached(("conf-completed", created is not None), completed),
                             {**params, "created": created})
-    elif event.event_type == "conference-member":
-        if event.status == "active":
-            session.execute(_cached(("conf-active",), lambda: update(conf).where(
-                this, conf.c.state.in_(("pending", "failed", "created"))).values(
-                state="active")), params)
-        if event.active_members is not None:
-            session.execute(_cached(("conf-members",), lambda: update(conf).where(
-                this, conf.c.active_members_at.is_(None) | (conf.c.active_members_at < at_))
-                .values(active_members=bindparam("active"), active_members_at=at_)),
-                {**params, "active": event.active_members})
-        if event.member_id is not None:
-            _apply_member(session, conference_pk, event, at)
+
+
+def _member_event_update(at_: Any) -> Any:
+    conf = _CONF
+    activate = bindparam("activate", type_=Boolean())
+    active = bindparam("active", type_=Integer())
+    newer = active.is_not(None) & (conf.c.active_members_at.is_(None)
+                                   | (conf.c.active_members_at < at_))
+    return update(conf).where(conf.c.id == bindparam("pk")).values(
+        last_event_at=_later(conf.c.last_event_at, at_),
+        state=case((activate & conf.c.state.in_(("pending", "failed", "created")), "active"),
+                   else_=conf.c.state),
+        active_members=case((newer, active), else_=conf.c.active_members),
+        active_members_at=case((newer, at_), else_=conf.c.active_members_at),
+    )
 
 
 def _apply_member(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
-    members = Member.__table__
-    dialect = session.get_bind().dialect.name
+    """Insert the member as this event describes it, or fold the event into the row.
+
+    One statement per event, built once per shape of event (status, which fields it has)
+    and dialect: a new member gets the values the event gives; an existing one takes each
+    value only where the event is newer than what set it before.
+    """
+    shape = (session.get_bind().dialect.name,
+             event.status if event.status in ("active", "completed") else None,
+             event.call_id is not None, event.mute is not None, event.hold is not None)
     # No parameter may be named like a column: an UPDATE would take it as one more SET.
-    params = {"pk": conference_pk, "member": event.member_id, "call": event.call_id, "at": at}
-    session.execute(_cached(("member-insert", dialect), lambda: upsert(session, members).values(
-        conference_pk=bindparam("pk"), member_id=bindparam("member"),
-        call_id=bindparam("call"), state="active", mute=False, hold=False,
-    ).on_conflict_do_nothing(index_elements=[members.c.conference_pk, members.c.member_id])),
-        params)
-    this = (members.c.conference_pk == bindparam("pk")) & \
-        (members.c.member_id == bindparam("member"))
-    at_ = bindparam("at", type_=members.c.last_event_at.type)
+    session.execute(_cached(("member", *shape), lambda: _member_upsert(session, *shape[1:])), {
+        "pk": conference_pk, "member": event.member_id, "call": event.call_id, "at": at,
+        "new_mute": event.mute, "new_hold": event.hold})
 
-    def member_update() -> Any:
-        values: dict[str, Any] = {"last_event_at": _later(members.c.last_event_at, at_)}
-        if event.call_id is not None:
-            values["call_id"] = case((members.c.call_id.is_(None), bindparam("call")),
-                                     else_=members.c.call_id)
-        if event.status == "active":
-            values["joined_at"] = _earlier(members.c.joined_at, at_)
-        elif event.status == "completed":
-            values["state"] = "completed"
-            values["left_at"] = _later(members.c.left_at, at_)
-        return update(members).where(this).values(**values)
 
-    session.execute(_cached(("member-update", event.call_id is not None, event.status
-                             if event.status in ("active", "completed") else None),
-                            member_update), params)
-    if event.mute is not None or event.hold is not None:
-        def flags() -> Any:
-            values: dict[str, Any] = {"status_at": at_}
-            if event.mute is not None:
-                values["mute"] = bindparam("new_mute")
-            if event.hold is not None:
-                values["hold"] = bindparam("new_hold")
-            return update(members).where(
-                this, members.c.status_at.is_(None) | (members.c.status_at <= at_)
-            ).values(**values)
-
-        session.execute(_cached(("member-flags", event.mute is not None,
-                                 event.hold is not None), flags),
-                        {**params, "new_mute": event.mute, "new_hold": event.hold})
+def _member_upsert(session: Session, status: str | None, has_call: bool, has_mute: bool,
+                   has_hold: bool) -> Any:
+    members = Member.__table__
+    c = members.c
+    at_ = bindparam("at", type_=c.last_event_at.type)
+    call = bindparam("call", type_=c.call_id.type)
+    mute = bindparam("new_mute", type_=Boolean())
+    hold = bindparam("new_hold", type_=Boolean())
+    has_flags = has_mute or has_hold
+    stmt = upsert(session, members).values(
+        conference_pk=bindparam("pk"), member_id=bindparam("member"), call_id=call,
+        state="completed" if status == "completed" else "active",
+        joined_at=at_ if status == "active" else None,
+        left_at=at_ if status == "completed" else None,
+        mute=mute if has_mute else False, hold=hold if has_hold else False,
+        status_at=at_ if has_flags else None, last_event_at=at_)
+    changes: dict[str, Any] = {"last_event_at": _later(c.last_event_at, at_)}
+    if has_call:
+        changes["call_id"] = case((c.call_id.is_(None), call), else_=c.call_id)
+    if status == "active":
+        changes["joined_at"] = _earlier(c.joined_at, at_)
+    elif status == "completed":
+        changes["state"] = "completed"
+        changes["left_at"] = _later(c.left_at, at_)
+    if has_flags:
+        newer = c.status_at.is_(None) | (c.status_at <= at_)
+        changes["status_at"] = case((newer, at_), else_=c.status_at)
+        if has_mute:
+            changes["mute"] = case((newer, mute), else_=c.mute)
+        if has_hold:
+            changes["hold"] = case((newer, hold), else_=c.hold)
+    return stmt.on_conflict_do_update(index_elements=[c.conference_pk, c.member_id],
+                                      set_=changes)
 
 
 def count_rejection(session: Session, reason: str) -> None:
