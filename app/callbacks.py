@@ -62,7 +62,7 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         committer = current_app.extensions.get(groupcommit.EXTENSION)
         if committer is not None:
             outcome = committer.receive(groupcommit.Job(subject, channel, request.method,
-                                                        fields))
+                                                        events.parse(fields)))
         else:
             outcome = events.receive(session, subject=subject, channel=channel,
                                      method=request.method, fields=fields)

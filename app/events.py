@@ -286,7 +286,13 @@ def receive(session: Session, *, subject: str, channel: str, method: str,
     ``subject`` is the conference id the URL names, or ``shared``. Raises :class:`Rejected`
     for a delivery that must not be stored.
     """
-    event = parse(fields)
+    return record(session, subject=subject, channel=channel, method=method,
+                  event=parse(fields))
+
+
+def record(session: Session, *, subject: str, channel: str, method: str,
+           event: Parsed) -> Outcome:
+    """Match and record one parsed delivery (see :func:`receive`); the caller commits."""
     conference, match, reason = _match(session, subject, event)
     now = utcnow()
     row = session.execute(_event_upsert(session), {

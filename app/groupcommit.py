@@ -43,7 +43,7 @@ class Job:
     subject: str
     channel: str
     method: str
-    fields: Any
+    event: events.Parsed  # parsed by the request's own thread, outside the writer's lock
 
 
 class GroupCommitter:
@@ -128,9 +128,9 @@ class GroupCommitter:
                 for job, future in batch:
                     try:
                         with session.begin_nested():
-                            outcome = events.receive(
+                            outcome = events.record(
                                 session, subject=job.subject, channel=job.channel,
-                                method=job.method, fields=job.fields)
+                                method=job.method, event=job.event)
                         done.append((future, outcome, None))
                     except (events.Rejected, DBAPIError) as exc:
                         done.append((future, None, exc))

@@ -52,5 +52,5 @@ def test_a_burst_of_deliveries_is_stored_exactly_once(app: Flask, client: FlaskC
     assert sum(deliveries for _, deliveries in stored) == 240 + 80
     committer = app.extensions.get(EXTENSION)
     if committer is not None:  # SQLite: the burst was committed in fewer, larger batches
-        assert committer.deliveries >= 240 + 80 + 6
+        assert committer.deliveries >= 240 + 80  # the malformed are refused before it
         assert committer.batches < committer.deliveries / 2, vars(committer)
