@@ -74,8 +74,9 @@ def deliver(channel: str, subject: str, key: str) -> Response:
     except (events.Rejected, APIError) as exc:
         session.rollback()
         reason = exc.reason if isinstance(exc, events.Rejected) else exc.code
-        events.count_rejection(session, reason)
-        session.commit()
+        counter = current_app.extensions[REJECTIONS]
+        counter.add(reason)
+        counter.flush_if_due(db.database().writer)
         rejected = isinstance(exc, events.Rejected) and exc.status in (401, 404)
         event_type = fields.get("eventType") if isinstance(fields, dict) else None
         metrics.delivery(event_type, channel, request.method,
@@ -102,7 +103,12 @@ def deliver(channel: str, subject: str, key: str) -> Response:
     return response
 
 
+REJECTIONS = "confhook.rejections"
+
+
 def init_app(app: Flask) -> None:
+    app.extensions[REJECTIONS] = events.RejectionCounter(
+        app.config["CONFHOOK_REJECTION_FLUSH_MS"] / 1000)
     url = make_url(app.config["DATABASE_URL"])
     if url.get_backend_name() == "sqlite":
         path = url.database if url.database not in (None, "", ":memory:") else None

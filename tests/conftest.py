@@ -106,6 +106,8 @@ def env(database_url: str, provider: FakeProvider, app_port: int) -> dict[str, s
         "CONFHOOK_SECRET_KEY": SECRET,
         "CONFHOOK_PUBLIC_URL": f"http://127.0.0.1:{app_port}",
         "CONFHOOK_API_TOKENS": f"another-token-abcdefgh,{TOKEN}",
+        # Refused deliveries are written at once, so tests can read the counts right away.
+        "CONFHOOK_REJECTION_FLUSH_MS": "0",
         "CATAPULT_API_URL": provider.url,  # type: ignore[attr-defined]
         "CATAPULT_USER_ID": provider.user_id,
         "CATAPULT_API_TOKEN": provider.credentials[0],

@@ -375,3 +375,28 @@ def test_database_outage_is_503_with_retry_after_never_a_4xx(env: dict[str, str]
         assert response.status_code == 503
     finally:
         db.database(broken).engine.dispose()
+
+
+def test_a_flood_of_refused_deliveries_is_counted_in_few_writes(env: dict[str, str]) -> None:
+    from sqlalchemy import event as sa_event
+
+    from app import create_app
+
+    app = create_app({**env, "CONFHOOK_REJECTION_FLUSH_MS": "60000"})
+    engine = db.database(app).engine
+    writes: list[str] = []
+    sa_event.listen(engine, "before_cursor_execute",
+                    lambda _c, _cur, sql, *_: writes.append(sql)
+                    if "rejected_delivery" in sql else None)
+    client = app.test_client()
+    bad = "/callbacks/callback/shared/" + "A" * 24
+    try:
+        for _ in range(50):
+            assert client.post(bad, json={}).status_code == 401
+        assert len(writes) == 1  # the first flushes, the next 49 wait for the interval
+        app.extensions["confhook.rejections"].interval_s = 0
+        assert client.post(bad, json={}).status_code == 401
+        stats = client.get("/api/v1/stats", headers=AUTH).get_json()
+        assert stats["rejectedDeliveries"]["total"] == 51
+    finally:
+        engine.dispose()

@@ -125,7 +125,9 @@ def test_every_delivered_event_is_stored_once_and_matched(stack: Stack, case: st
         both = [e for e in events if e["channels"] == ["callback", "fallback"]]
         only_fallback = [e for e in events if e["channels"] == ["fallback"]]
         if "slow" in case:  # we stored it, the emulator gave up waiting and fell back
-            assert len(both) == 3 and all(e["deliveries"] == 2 for e in both)
+            # (A fallback answered after its own timeout on a loaded machine is retried:
+            # a third delivery of the same, still one row.)
+            assert len(both) == 3 and all(e["deliveries"] >= 2 for e in both)
         else:
             assert len(only_fallback) == 3
     if case == "provider duplicates":
