@@ -6,7 +6,7 @@ import logging
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from sqlalchemy.engine import make_url
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -91,11 +91,10 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         raise
     result = "duplicate" if outcome.duplicate else "stored"
     metrics.delivery(outcome.event_type, channel, request.method, result)
-    log.info("delivery %s: %s event %s, %s, via %s", result, outcome.event_type,
-             outcome.event_id, outcome.match, channel, extra={
+    # The request's own log line carries the delivery (app/logs.py): one line, not two.
+    g.delivery = {
         "outcome": result, "event_id": outcome.event_id, "event_type": outcome.event_type,
-        "channel": channel, "method": request.method, "match": outcome.match,
-        "conference": outcome.conference_pk})
+        "channel": channel, "match": outcome.match, "conference": outcome.conference_pk}
     response = Response(status=204)
     response.headers["X-Confhook-Event"] = (
         f"{outcome.event_id}; {'duplicate' if outcome.duplicate else 'stored'}; "

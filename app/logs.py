@@ -1,4 +1,5 @@
-"""Structured logs: one JSON line per request and per delivery, each with a request id.
+"""Structured logs: one JSON line per request, each with a request id; a delivery's line
+also carries what became of it (outcome, event id and type, channel, match, conference).
 
 The request id comes from a sane ``X-Request-Id`` header (a proxy's) or is made here, and is
 sent back in the response's ``X-Request-Id``. Paths are logged with a callback URL's key
@@ -93,6 +94,11 @@ def _finish(response: Response) -> Response:
     delivery = g.get("delivery")
     if delivery:
         fields.update(delivery)
+        log.info("%s %s %s %.1f ms: delivery %s (%s event %s, %s)", request.method,
+                 fields["path"], response.status_code, fields["duration_ms"],
+                 delivery["outcome"], delivery["event_type"], delivery["event_id"],
+                 delivery["match"], extra=fields)
+        return response
     log.info("%s %s %s %.1f ms", request.method, fields["path"], response.status_code,
              fields["duration_ms"], extra=fields)
     return response
