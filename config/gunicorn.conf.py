@@ -22,7 +22,10 @@ def _env_int(name: str, default: int) -> int:
 bind = os.environ.get("CONFHOOK_BIND", "127.0.0.1:8000")
 # Threads let one worker answer a provider callback while another request of the same worker
 # waits on the provider (the provider may call back before it answers our create).
-worker_class = "gthread"
+# ReadAheadWorker is gunicorn's gthread, except that a request reaches a thread only once all
+# of it has arrived: slow clients cost a buffer, not a thread (app/httpworker.py). Each has
+# CONFHOOK_REQUEST_READ_TIMEOUT seconds (10) to send a whole request.
+worker_class = "app.httpworker.ReadAheadWorker"
 workers = _env_int("CONFHOOK_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8))
 threads = _env_int("CONFHOOK_THREADS", 4)
 timeout = _env_int("CONFHOOK_WORKER_TIMEOUT", 30)
