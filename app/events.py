@@ -17,9 +17,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Boolean, Integer, bindparam, case, func, select, update
+from sqlalchemy import Boolean, Integer, bindparam, case, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -36,6 +37,7 @@ from app.models import (
     RejectedDelivery,
     utcnow,
 )
+from app.prepared import Runner
 
 log = logging.getLogger(__name__)
 
@@ -294,27 +296,36 @@ def receive(session: Session, *, subject: str, channel: str, method: str,
 
 
 def record(session: Session, *, subject: str, channel: str, method: str,
-           event: Parsed) -> Outcome:
-    """Match and record one parsed delivery (see :func:`receive`); the caller commits."""
-    conference, match, reason = _match(session, subject, event)
-    now = utcnow()
-    row = session.execute(_event_upsert(session), {
-        "conference_pk": conference.id if conference else None,
-        "event_type": event.event_type, "unknown_type": event.unknown_type,
-        "conference_id": event.conference_id, "member_id": event.member_id,
-        "call_id": event.call_id, "status": event.status, "tag": event.tag,
-        "active_members": event.active_members, "mute": event.mute, "hold": event.hold,
-        "event_time": event.event_time, "occurred_at": event.event_time or now,
-        "payload": event.payload, "dedup_key": event.dedup_key, "first_received_at": now,
-        "last_received_at": now, "deliveries": 1, "channels": CHANNEL_BITS[channel],
-        "method": method, "match": match, "match_reason": reason,
-    }).one()
-    duplicate = row.deliveries > 1
-    if not duplicate and conference is not None and match == "matched":
-        apply(session, conference.id, event, event.event_time or now)
-    return Outcome(event_id=row.id, event_type=event.event_type, duplicate=duplicate,
-                   match=row.match, match_reason=row.match_reason,
-                   conference_pk=row.conference_pk)
+           event: Parsed, run: Runner | None = None) -> Outcome:
+    """Match and record one parsed delivery (see :func:`receive`); the caller commits.
+
+    ``run`` runs the statements on ``session``'s connection (one is made if not given).
+    """
+    own = run is None
+    run = run or Runner(session)
+    try:
+        conference, match, reason = _match(session, subject, event, run)
+        now = utcnow()
+        row = run.execute(run.prepared("event-upsert", lambda: _event_upsert(run.dialect.name)), {
+            "conference_pk": conference.id if conference else None,
+            "event_type": event.event_type, "unknown_type": event.unknown_type,
+            "conference_id": event.conference_id, "member_id": event.member_id,
+            "call_id": event.call_id, "status": event.status, "tag": event.tag,
+            "active_members": event.active_members, "mute": event.mute, "hold": event.hold,
+            "event_time": event.event_time, "occurred_at": event.event_time or now,
+            "payload": event.payload, "dedup_key": event.dedup_key, "first_received_at": now,
+            "last_received_at": now, "deliveries": 1, "channels": CHANNEL_BITS[channel],
+            "method": method, "match": match, "match_reason": reason,
+        }).fetchone()
+        event_id, deliveries, row_match, row_reason, row_conference = row
+        duplicate = deliveries > 1
+        if not duplicate and conference is not None and match == "matched":
+            _apply(run, conference.id, event, event.event_time or now)
+    finally:
+        if own:
+            run.close()
+    return Outcome(event_id=event_id, event_type=event.event_type, duplicate=duplicate,
+                   match=row_match, match_reason=row_reason, conference_pk=row_conference)
 
 
 # The delivery path runs these for every event: built once, with bound parameters, so that
@@ -324,41 +335,58 @@ _EVENTS = Event.__table__
 _MATCH_COLUMNS = (_CONF.c.id, _CONF.c.conference_id, _CONF.c.tag)
 _BY_PK = select(*_MATCH_COLUMNS).where(_CONF.c.id == bindparam("pk"))
 _BY_PROVIDER_ID = select(*_MATCH_COLUMNS).where(_CONF.c.conference_id == bindparam("cid"))
-_UPSERTS: dict[str, Any] = {}
 
 
-def _event_upsert(session: Session) -> Any:
+def _event_upsert(dialect: str) -> Any:
     """INSERT an event, or count one more delivery of it (same dedup key)."""
-    dialect = session.get_bind().dialect.name
-    stmt = _UPSERTS.get(dialect)
-    if stmt is None:
-        columns = [c.name for c in _EVENTS.c if c.name != "id"]
-        stmt = upsert(session, _EVENTS).values({name: bindparam(name) for name in columns})
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_EVENTS.c.dedup_key],
-            set_={"deliveries": _EVENTS.c.deliveries + 1,
-                  "last_received_at": stmt.excluded.last_received_at,
-                  "channels": _EVENTS.c.channels.op("|")(stmt.excluded.channels)},
-        ).returning(_EVENTS.c.id, _EVENTS.c.deliveries, _EVENTS.c.match,
-                    _EVENTS.c.match_reason, _EVENTS.c.conference_pk)
-        _UPSERTS[dialect] = stmt
-    return stmt
+    columns = [c.name for c in _EVENTS.c if c.name != "id"]
+    stmt = _insert(_EVENTS, dialect).values({name: bindparam(name) for name in columns})
+    return stmt.on_conflict_do_update(
+        index_elements=[_EVENTS.c.dedup_key],
+        set_={"deliveries": _EVENTS.c.deliveries + 1,
+              "last_received_at": stmt.excluded.last_received_at,
+              "channels": _EVENTS.c.channels.op("|")(stmt.excluded.channels)},
+    ).returning(_EVENTS.c.id, _EVENTS.c.deliveries, _EVENTS.c.match,
+                _EVENTS.c.match_reason, _EVENTS.c.conference_pk)
 
 
-def _match(session: Session, subject: str, event: Parsed
+def _insert(table: Any, dialect: str) -> Any:
+    """An INSERT that takes ON CONFLICT, for ``dialect``."""
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+
+class ConferenceRow(NamedTuple):
+    id: str
+    conference_id: str | None
+    tag: str | None
+
+
+def _row(values: Any) -> ConferenceRow | None:
+    return None if values is None else ConferenceRow(*values)
+
+
+def _match(session: Session, subject: str, event: Parsed, run: Runner | None = None
            ) -> tuple[Any, str, str | None]:
     """Decide which conference an event belongs to, and whether it agrees with it.
 
-    Returns the conference as a row with ``id``, ``conference_id`` and ``tag`` (or None).
+    Returns the conference as a row of ``id``, ``conference_id`` and ``tag`` (or None).
     """
+    if run is None:
+        run = Runner(session)
+        try:
+            return _match(session, subject, event, run)
+        finally:
+            run.close()
     if subject == SHARED:
         if event.conference_id is None:
             return None, "unmatched", "no_conference_id"
-        conference = session.execute(_BY_PROVIDER_ID, {"cid": event.conference_id}).first()
+        conference = _row(run.execute(run.prepared("by-provider-id", lambda: _BY_PROVIDER_ID),
+                                      {"cid": event.conference_id}).fetchone())
         if conference is None:
             return None, "unmatched", "unknown_conference"
     else:
-        conference = session.execute(_BY_PK, {"pk": subject}).first()
+        conference = _row(run.execute(run.prepared("by-pk", lambda: _BY_PK),
+                                      {"pk": subject}).fetchone())
         if conference is None:
             return None, "unmatched", "conference_not_found"
         if event.conference_id is not None:
@@ -375,12 +403,18 @@ def _match(session: Session, subject: str, event: Parsed
                 session.execute(update(table).where(table.c.id == conference.id,
                                                     table.c.conference_id.is_(None))
                                 .values(conference_id=event.conference_id))
-                conference = session.execute(_BY_PK, {"pk": conference.id}).one()
+                conference = _row(run.execute(run.prepared("by-pk", lambda: _BY_PK),
+                                              {"pk": conference.id}).fetchone())
             if conference.conference_id != event.conference_id:
                 return conference, "conflict", "conference_id_mismatch"
     if event.tag is not None and event.tag != conference.tag:
         return conference, "conflict", "tag_mismatch"
     return conference, "matched", None
+
+
+def _one_of(column: Any, values: Sequence[str]) -> ColumnElement[Any]:
+    """``column IN (values)`` as ORs of constants: no expanding parameter to process per run."""
+    return or_(*(column == value for value in values))
 
 
 def _later(column: Any, value: datetime) -> ColumnElement[Any]:
@@ -391,23 +425,20 @@ def _earlier(column: Any, value: datetime) -> ColumnElement[Any]:
     return case((column.is_(None) | (column > value), value), else_=column)
 
 
-_STATEMENTS: dict[tuple[Any, ...], Any] = {}
-
-
-def _cached(key: tuple[Any, ...], build: Any) -> Any:
-    """The statement for ``key``, built once by ``build()`` with bound parameters."""
-    stmt = _STATEMENTS.get(key)
-    if stmt is None:
-        stmt = _STATEMENTS[key] = build()
-    return stmt
-
-
 def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
     """Fold a newly stored, matched event into its conference's and member's views.
 
     Every update is conditional on the times already recorded, so applying events in any
     order gives the same view, and a late ``active`` never reopens a ``completed`` conference.
     """
+    run = Runner(session)
+    try:
+        _apply(run, conference_pk, event, at)
+    finally:
+        run.close()
+
+
+def _apply(run: Runner, conference_pk: str, event: Parsed, at: datetime) -> None:
     conf = _CONF
     this = conf.c.id == bindparam("pk")
     at_ = bindparam("at", type_=conf.c.last_event_at.type)
@@ -415,24 +446,25 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
     if event.event_type == "conference-member":
         # One statement for the conference's part of a member event (the most common kind).
         # Every SET expression reads the row as it was, so the conditions agree.
-        session.execute(_cached(("conf-member-event",), lambda: _member_event_update(at_)), {
+        run.execute(run.prepared(("conf-member-event",), lambda: _member_event_update(at_)), {
             **params, "activate": event.status == "active", "active": event.active_members})
         if event.member_id is not None:
-            _apply_member(session, conference_pk, event, at)
+            _apply_member(run, conference_pk, event, at)
         return
-    session.execute(_cached(("conf-last",), lambda: update(conf).where(this).values(
+    run.execute(run.prepared(("conf-last",), lambda: update(conf).where(this).values(
         last_event_at=_later(conf.c.last_event_at, at_))), params)
 
     if event.event_type == "conference":
         created_ = bindparam("created", type_=conf.c.created_time.type)
         if event.status == "created":
             created = parse_time(event.payload.get("createdTime"), "createdTime") or at
-            session.execute(_cached(("conf-created-time",), lambda: update(conf).where(this)
+            run.execute(run.prepared(("conf-created-time",), lambda: update(conf).where(this)
                                     .values(created_time=_earlier(conf.c.created_time,
                                                                   created_))),
                             {**params, "created": created})
-            session.execute(_cached(("conf-created",), lambda: update(conf).where(
-                this, conf.c.state.in_(("pending", "failed"))).values(state="created")), params)
+            run.execute(run.prepared(("conf-created",), lambda: update(conf).where(
+                this, _one_of(conf.c.state, ("pending", "failed"))).values(state="created")),
+                params)
         elif event.status == "completed":
             created = parse_time(event.payload.get("createdTime"), "createdTime")
 
@@ -445,7 +477,7 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
                     values["created_time"] = _earlier(conf.c.created_time, created_)
                 return update(conf).where(this, conf.c.state != "completed").values(**values)
 
-            session.execute(_cached(("conf-completed", created is not None), completed),
+            run.execute(run.prepared(("conf-completed", created is not None), completed),
                             {**params, "created": created})
 
 
@@ -457,30 +489,30 @@ def _member_event_update(at_: Any) -> Any:
                                    | (conf.c.active_members_at < at_))
     return update(conf).where(conf.c.id == bindparam("pk")).values(
         last_event_at=_later(conf.c.last_event_at, at_),
-        state=case((activate & conf.c.state.in_(("pending", "failed", "created")), "active"),
+        state=case((activate & _one_of(conf.c.state, ("pending", "failed", "created")), "active"),
                    else_=conf.c.state),
         active_members=case((newer, active), else_=conf.c.active_members),
         active_members_at=case((newer, at_), else_=conf.c.active_members_at),
     )
 
 
-def _apply_member(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
+def _apply_member(run: Runner, conference_pk: str, event: Parsed, at: datetime) -> None:
     """Insert the member as this event describes it, or fold the event into the row.
 
     One statement per event, built once per shape of event (status, which fields it has)
     and dialect: a new member gets the values the event gives; an existing one takes each
     value only where the event is newer than what set it before.
     """
-    shape = (session.get_bind().dialect.name,
-             event.status if event.status in ("active", "completed") else None,
+    shape = (event.status if event.status in ("active", "completed") else None,
              event.call_id is not None, event.mute is not None, event.hold is not None)
     # No parameter may be named like a column: an UPDATE would take it as one more SET.
-    session.execute(_cached(("member", *shape), lambda: _member_upsert(session, *shape[1:])), {
+    build = lambda: _member_upsert(run.dialect.name, *shape)  # noqa: E731
+    run.execute(run.prepared(("member", *shape), build), {
         "pk": conference_pk, "member": event.member_id, "call": event.call_id, "at": at,
         "new_mute": event.mute, "new_hold": event.hold})
 
 
-def _member_upsert(session: Session, status: str | None, has_call: bool, has_mute: bool,
+def _member_upsert(dialect: str, status: str | None, has_call: bool, has_mute: bool,
                    has_hold: bool) -> Any:
     members = Member.__table__
     c = members.c
@@ -489,7 +521,7 @@ def _member_upsert(session: Session, status: str | None, has_call: bool, has_mut
     mute = bindparam("new_mute", type_=Boolean())
     hold = bindparam("new_hold", type_=Boolean())
     has_flags = has_mute or has_hold
-    stmt = upsert(session, members).values(
+    stmt = _insert(members, dialect).values(
         conference_pk=bindparam("pk"), member_id=bindparam("member"), call_id=call,
         state="completed" if status == "completed" else "active",
         joined_at=at_ if status == "active" else None,

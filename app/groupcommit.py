@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app import events
+from app.prepared import Runner
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +126,24 @@ class GroupCommitter:
                          BaseException | None]] = []
         try:
             with self._writer_lock(), self.new_session() as session:
-                for job, future in batch:
-                    try:
-                        with session.begin_nested():
+                run = Runner(session)  # BEGIN IMMEDIATE
+                try:
+                    for job, future in batch:
+                        # A savepoint per delivery: a refused one rolls back alone.
+                        run.driver_sql("SAVEPOINT delivery")
+                        try:
                             outcome = events.record(
                                 session, subject=job.subject, channel=job.channel,
-                                method=job.method, event=job.event)
+                                method=job.method, event=job.event, run=run)
+                        except (events.Rejected, DBAPIError) as exc:
+                            run.driver_sql("ROLLBACK TO delivery")
+                            run.driver_sql("RELEASE delivery")
+                            done.append((future, None, exc))
+                            continue
+                        run.driver_sql("RELEASE delivery")
                         done.append((future, outcome, None))
-                    except (events.Rejected, DBAPIError) as exc:
-                        done.append((future, None, exc))
-                    # Later jobs must read what the database holds, not this session's copy.
-                    session.expire_all()
+                finally:
+                    run.close()
                 session.commit()
             self.batches += 1
             self.deliveries += len(batch)

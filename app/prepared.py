@@ -1,0 +1,130 @@
+"""Core statements compiled once per dialect and run on the DBAPI cursor of a session's connection.
+
+The delivery path runs the same four or five statements for every event. Through
+``Session.execute`` each one costs SQLAlchemy's whole execution machinery (cache lookup of the
+compiled form, an execution context, parameter processing, a result object): about 1.5 ms of
+Python per delivery, spent by the one thread that holds the database's write lock. Here a
+statement is compiled once, with its parameter order, defaults and SQLAlchemy's own bind
+processors (datetimes for SQLite, JSON, booleans), and each execution is one
+``cursor.execute`` in the transaction the session already opened. The SQL is the same
+SQLAlchemy would send.
+
+What it gives up, on purpose: result processing (the statements here return plain integers
+and strings), and SQLAlchemy's events. Errors are raised as SQLAlchemy's ``DBAPIError``
+subclasses, as ``Session.execute`` would, and a lost connection is invalidated the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.schema import ColumnDefault
+
+_MISSING = object()
+
+
+class Prepared:
+    """One statement compiled for one dialect."""
+
+    __slots__ = ("binds", "positional", "sql")
+
+    def __init__(self, stmt: Any, dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        if compiled.literal_execute_params or compiled.post_compile_params:
+            raise ValueError("statements with expanding (IN) parameters are not prepared here")
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        processors = compiled._bind_processors
+        names = compiled.positiontup if compiled.positional else list(
+            compiled.bind_names.values())
+        escaped = compiled.escaped_bind_names or {}
+        # Columns whose Python-side default or onupdate SQLAlchemy computes per execution
+        # (``updated_at``): computed here the same way.
+        computed = {}
+        for column in (*compiled.insert_prefetch, *compiled.update_prefetch):
+            generator = (column.onupdate if column in compiled.update_prefetch
+                         else column.default)
+            if generator is None or not (generator.is_callable or generator.is_scalar):
+                raise ValueError(f"cannot compute the default of {column}")
+            computed[column.key] = generator
+        binds = []
+        for name in names:
+            bind = compiled.binds[name]
+            if name in computed:
+                binds.append((name, escaped.get(name, name), computed[name],
+                              processors.get(name)))
+                continue
+            # A caller gives its own parameters by name (``bindparam("pk")``); the statement's
+            # constants (``state = 'completed'``, anonymous names) keep their value.
+            default = _MISSING if bind.required or bind.callable is not None else bind.value
+            binds.append((name, escaped.get(name, name), default, processors.get(name)))
+        self.binds = tuple(binds)
+
+    def parameters(self, params: dict[str, Any]) -> Any:
+        values = []
+        for name, _escaped, default, processor in self.binds:
+            value = params.get(name, _MISSING)
+            if value is _MISSING:
+                value = default
+                if value is _MISSING:
+                    raise KeyError(f"no value for parameter {name!r}")
+                if isinstance(value, ColumnDefault):
+                    value = value.arg(None) if value.is_callable else value.arg
+            values.append(processor(value) if processor is not None and value is not None
+                          else value)
+        if self.positional:
+            return values
+        return {escaped: value for (_n, escaped, _d, _p), value in zip(self.binds, values,
+                                                                        strict=True)}
+
+
+class Runner:
+    """Runs prepared statements in ``session``'s transaction (opening it if needed)."""
+
+    __slots__ = ("_prepared", "connection", "cursor", "dialect")
+
+    _CACHE: dict[tuple[str, Any], Prepared] = {}
+
+    def __init__(self, session: Session) -> None:
+        self.connection: Connection = session.connection()
+        self.dialect = self.connection.dialect
+        self.cursor = self.connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def prepared(self, key: Any, build: Any) -> Prepared:
+        cache_key = (self.dialect.name, key)
+        prepared = self._CACHE.get(cache_key)
+        if prepared is None:
+            prepared = self._CACHE[cache_key] = Prepared(build(), self.dialect)
+        return prepared
+
+    def execute(self, prepared: Prepared, params: dict[str, Any]) -> Any:
+        """Run ``prepared``; return the cursor, to fetch from."""
+        args = prepared.parameters(params)
+        try:
+            self.cursor.execute(prepared.sql, args)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._translate(exc, prepared.sql, args) from exc
+        return self.cursor
+
+    def driver_sql(self, sql: str) -> None:
+        try:
+            self.cursor.execute(sql)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._translate(exc, sql, ()) from exc
+
+    def _translate(self, exc: Exception, sql: str, args: Any) -> DBAPIError:
+        dbapi_conn = self.connection.connection.driver_connection
+        disconnect = self.dialect.is_disconnect(exc, dbapi_conn, self.cursor)
+        if disconnect:
+            self.connection.invalidate(exc)
+        return DBAPIError.instance(sql, args, exc, self.dialect.loaded_dbapi.Error,
+                                   hide_parameters=True, connection_invalidated=disconnect,
+                                   dialect=self.dialect)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # a cursor of a lost connection
+            self.cursor.close()

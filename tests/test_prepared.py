@@ -1,0 +1,71 @@
+"""Statements run on the DBAPI cursor (app/prepared.py) do what ``Session.execute`` does.
+
+On the database the suite runs on: SQLite, or PostgreSQL with CONFHOOK_TEST_POSTGRES_URL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from flask import Flask
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import IntegrityError
+
+from app import db
+from app.models import Conference, utcnow
+from app.prepared import Prepared, Runner
+
+CONF = Conference.__table__
+
+
+def add_conference(app: Flask, pk: str) -> None:
+    with app.app_context(), db.database().writer() as session:
+        session.add(Conference(id=pk, from_number="+19195551212", tag="t",
+                               callback_url="x", fallback_url="y", callback_method="POST",
+                               callback_timeout_ms=2000))
+        session.commit()
+
+
+def test_an_update_matches_session_execute_and_computes_onupdate(app: Flask) -> None:
+    add_conference(app, "a" * 32)
+    add_conference(app, "b" * 32)
+    at = datetime(2024, 5, 1, 10, 0, 0, 123456)
+    stmt = update(CONF).where(CONF.c.id == bindparam("pk")).values(
+        last_event_at=bindparam("at", type_=CONF.c.last_event_at.type), state="active")
+    before = utcnow() - timedelta(seconds=1)
+    with app.app_context(), db.database().writer() as session:
+        session.execute(stmt, {"pk": "a" * 32, "at": at})
+        run = Runner(session)
+        cursor = run.execute(run.prepared(("test-update",), lambda: stmt),
+                             {"pk": "b" * 32, "at": at})
+        assert cursor.rowcount == 1
+        run.close()
+        session.commit()
+    with app.app_context(), db.database().reader() as session:
+        rows = {row.id: row for row in session.scalars(select(Conference))}
+    a, b = rows["a" * 32], rows["b" * 32]
+    assert (a.state, a.last_event_at) == (b.state, b.last_event_at) == ("active", at)
+    assert b.updated_at >= before  # onupdate=utcnow, computed as SQLAlchemy would
+
+
+def test_database_errors_are_sqlalchemy_errors(app: Flask) -> None:
+    add_conference(app, "c" * 32)
+    stmt = insert(CONF).values(id=bindparam("pk"), from_number="+1", callback_url="x",
+                               fallback_url="y", callback_method="POST",
+                               callback_timeout_ms=2000)
+    with app.app_context(), db.database().writer() as session:
+        run = Runner(session)
+        with pytest.raises(IntegrityError):
+            run.execute(run.prepared(("test-insert",), lambda: stmt), {"pk": "c" * 32})
+        run.close()
+        session.rollback()
+
+
+def test_missing_parameters_and_in_lists_are_refused() -> None:
+    stmt = update(CONF).where(CONF.c.id == bindparam("pk")).values(state="x")
+    with pytest.raises(KeyError, match="pk"):
+        Prepared(stmt, sqlite.dialect()).parameters({})
+    with pytest.raises(ValueError, match="expanding"):
+        Prepared(select(CONF.c.id).where(CONF.c.state.in_(("a", "b"))), sqlite.dialect())
