@@ -112,5 +112,5 @@ def init_app(app: Flask) -> None:
     if url.get_backend_name() == "sqlite":
         path = url.database if url.database not in (None, "", ":memory:") else None
         app.extensions[groupcommit.EXTENSION] = groupcommit.GroupCommitter(
-            db.database(app).writer, f"{path}-writer.lock" if path else None)
+            db.database(app).engine, f"{path}-writer.lock" if path else None)
     app.register_blueprint(bp)

@@ -291,39 +291,38 @@ def receive(session: Session, *, subject: str, channel: str, method: str,
     ``subject`` is the conference id the URL names, or ``shared``. Raises :class:`Rejected`
     for a delivery that must not be stored.
     """
-    return record(session, subject=subject, channel=channel, method=method,
-                  event=parse(fields))
-
-
-def record(session: Session, *, subject: str, channel: str, method: str,
-           event: Parsed, run: Runner | None = None) -> Outcome:
-    """Match and record one parsed delivery (see :func:`receive`); the caller commits.
-
-    ``run`` runs the statements on ``session``'s connection (one is made if not given).
-    """
-    own = run is None
-    run = run or Runner(session)
+    event = parse(fields)
+    run = Runner.of(session)
     try:
-        conference, match, reason = _match(session, subject, event, run)
-        now = utcnow()
-        row = run.execute(run.prepared("event-upsert", lambda: _event_upsert(run.dialect.name)), {
-            "conference_pk": conference.id if conference else None,
-            "event_type": event.event_type, "unknown_type": event.unknown_type,
-            "conference_id": event.conference_id, "member_id": event.member_id,
-            "call_id": event.call_id, "status": event.status, "tag": event.tag,
-            "active_members": event.active_members, "mute": event.mute, "hold": event.hold,
-            "event_time": event.event_time, "occurred_at": event.event_time or now,
-            "payload": event.payload, "dedup_key": event.dedup_key, "first_received_at": now,
-            "last_received_at": now, "deliveries": 1, "channels": CHANNEL_BITS[channel],
-            "method": method, "match": match, "match_reason": reason,
-        }).fetchone()
-        event_id, deliveries, row_match, row_reason, row_conference = row
-        duplicate = deliveries > 1
-        if not duplicate and conference is not None and match == "matched":
-            _apply(run, conference.id, event, event.event_time or now)
+        return record(run, subject=subject, channel=channel, method=method, event=event)
     finally:
-        if own:
-            run.close()
+        run.close()
+
+
+def record(run: Runner, *, subject: str, channel: str, method: str, event: Parsed
+           ) -> Outcome:
+    """Match and record one parsed delivery (see :func:`receive`) in ``run``'s transaction.
+
+    The caller commits.
+    """
+    conference, match, reason = _match(run, subject, event)
+    now = utcnow()
+    upsert_event = run.prepared("event-upsert", lambda: _event_upsert(run.dialect.name))
+    row = run.execute(upsert_event, {
+        "conference_pk": conference.id if conference else None,
+        "event_type": event.event_type, "unknown_type": event.unknown_type,
+        "conference_id": event.conference_id, "member_id": event.member_id,
+        "call_id": event.call_id, "status": event.status, "tag": event.tag,
+        "active_members": event.active_members, "mute": event.mute, "hold": event.hold,
+        "event_time": event.event_time, "occurred_at": event.event_time or now,
+        "payload": event.payload, "dedup_key": event.dedup_key, "first_received_at": now,
+        "last_received_at": now, "deliveries": 1, "channels": CHANNEL_BITS[channel],
+        "method": method, "match": match, "match_reason": reason,
+    }).fetchone()
+    event_id, deliveries, row_match, row_reason, row_conference = row
+    duplicate = deliveries > 1
+    if not duplicate and conference is not None and match == "matched":
+        _apply(run, conference.id, event, event.event_time or now)
     return Outcome(event_id=event_id, event_type=event.event_type, duplicate=duplicate,
                    match=row_match, match_reason=row_reason, conference_pk=row_conference)
 
@@ -335,6 +334,10 @@ _EVENTS = Event.__table__
 _MATCH_COLUMNS = (_CONF.c.id, _CONF.c.conference_id, _CONF.c.tag)
 _BY_PK = select(*_MATCH_COLUMNS).where(_CONF.c.id == bindparam("pk"))
 _BY_PROVIDER_ID = select(*_MATCH_COLUMNS).where(_CONF.c.conference_id == bindparam("cid"))
+_ID_TAKEN = select(_CONF.c.id).where(_CONF.c.conference_id == bindparam("cid"),
+                                     _CONF.c.id != bindparam("pk"))
+_FILL_ID = update(_CONF).where(_CONF.c.id == bindparam("pk"), _CONF.c.conference_id.is_(None)
+                               ).values(conference_id=bindparam("cid"))
 
 
 def _event_upsert(dialect: str) -> Any:
@@ -365,18 +368,11 @@ def _row(values: Any) -> ConferenceRow | None:
     return None if values is None else ConferenceRow(*values)
 
 
-def _match(session: Session, subject: str, event: Parsed, run: Runner | None = None
-           ) -> tuple[Any, str, str | None]:
+def _match(run: Runner, subject: str, event: Parsed) -> tuple[Any, str, str | None]:
     """Decide which conference an event belongs to, and whether it agrees with it.
 
     Returns the conference as a row of ``id``, ``conference_id`` and ``tag`` (or None).
     """
-    if run is None:
-        run = Runner(session)
-        try:
-            return _match(session, subject, event, run)
-        finally:
-            run.close()
     if subject == SHARED:
         if event.conference_id is None:
             return None, "unmatched", "no_conference_id"
@@ -394,15 +390,11 @@ def _match(session: Session, subject: str, event: Parsed, run: Runner | None = N
                 # The callback outran the provider's 201: the URL key vouches for the
                 # conference, so take the id from the event, unless another conference has it.
                 # (The create may have filled it in since we read the row: not "another".)
-                taken = session.scalar(select(Conference.id).where(
-                    Conference.conference_id == event.conference_id,
-                    Conference.id != conference.id))
+                ids = {"pk": conference.id, "cid": event.conference_id}
+                taken = run.execute(run.prepared("id-taken", lambda: _ID_TAKEN), ids).fetchone()
                 if taken is not None:
                     return conference, "conflict", "conference_id_taken"
-                table = Conference.__table__
-                session.execute(update(table).where(table.c.id == conference.id,
-                                                    table.c.conference_id.is_(None))
-                                .values(conference_id=event.conference_id))
+                run.execute(run.prepared("fill-id", lambda: _FILL_ID), ids)
                 conference = _row(run.execute(run.prepared("by-pk", lambda: _BY_PK),
                                               {"pk": conference.id}).fetchone())
             if conference.conference_id != event.conference_id:
@@ -431,7 +423,7 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
     Every update is conditional on the times already recorded, so applying events in any
     order gives the same view, and a late ``active`` never reopens a ``completed`` conference.
     """
-    run = Runner(session)
+    run = Runner.of(session)
     try:
         _apply(run, conference_pk, event, at)
     finally:
@@ -628,7 +620,11 @@ def rematch(session: Session, event: Event) -> tuple[str, str | None]:
     except Rejected:
         return event.match, event.match_reason
     subject = event.conference_pk or SHARED
-    conference, match, reason = _match(session, subject, parsed)
+    run = Runner.of(session)
+    try:
+        conference, match, reason = _match(run, subject, parsed)
+    finally:
+        run.close()
     table = Event.__table__
     session.execute(update(table).where(table.c.id == event.id, table.c.match != "matched")
                     .values(conference_pk=conference.id if conference else None,

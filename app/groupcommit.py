@@ -15,19 +15,20 @@ instance's batch: there every request commits its own delivery (``db.write_sessi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from app import events
 from app.prepared import Runner
@@ -50,9 +51,10 @@ class Job:
 class GroupCommitter:
     """Store deliveries through one writer thread; :meth:`receive` blocks until committed."""
 
-    def __init__(self, new_session: Callable[[], Session], lock_path: str | None = None
-                 ) -> None:
-        self.new_session = new_session
+    def __init__(self, engine: Engine, lock_path: str | None = None) -> None:
+        # The writer thread keeps one connection of the pool for itself, across batches.
+        self.engine = engine
+        self.connection: Any = None
         # Writers of several processes queue on this file lock, woken as soon as it is free;
         # SQLite's own busy handler polls with sleeps of up to 100 ms and is not fair, so
         # one process could starve for seconds while the others commit.
@@ -92,6 +94,10 @@ class GroupCommitter:
                 with self.lock:
                     if self.jobs.empty():  # nobody queued while we were deciding
                         self.thread = None
+                        connection, self.connection = self.connection, None
+                        if connection is not None:
+                            with contextlib.suppress(Exception):
+                                connection.close()  # back to the pool
                         return
                 continue
             batch = [first]
@@ -121,30 +127,48 @@ class GroupCommitter:
         finally:
             fcntl.flock(self.lock_file.fileno(), fcntl.LOCK_UN)
 
+    def _store(self, batch: list[tuple[Job, Future[events.Outcome]]],
+               done: list[tuple[Future[events.Outcome], events.Outcome | None,
+                                BaseException | None]]) -> None:
+        """One transaction for ``batch``; a savepoint per delivery, so a refused one rolls
+        back alone. A failure of the transaction itself discards the connection."""
+        if self.connection is None:
+            dbapi_error = self.engine.dialect.loaded_dbapi.Error
+            try:
+                self.connection = self.engine.raw_connection()
+            except dbapi_error as exc:  # as SQLAlchemy would raise it from a session
+                raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
+        run = Runner(self.connection.driver_connection, self.engine.dialect)
+        try:
+            run.driver_sql("BEGIN IMMEDIATE")
+            for job, future in batch:
+                run.driver_sql("SAVEPOINT delivery")
+                try:
+                    outcome = events.record(run, subject=job.subject, channel=job.channel,
+                                            method=job.method, event=job.event)
+                except (events.Rejected, DBAPIError) as exc:
+                    run.driver_sql("ROLLBACK TO delivery")
+                    run.driver_sql("RELEASE delivery")
+                    done.append((future, None, exc))
+                    continue
+                run.driver_sql("RELEASE delivery")
+                done.append((future, outcome, None))
+            run.driver_sql("COMMIT")
+        except BaseException:
+            done.clear()
+            connection, self.connection = self.connection, None
+            with contextlib.suppress(Exception):
+                connection.invalidate()  # rolls back what this batch did, if anything
+            raise
+        finally:
+            run.close()
+
     def _commit(self, batch: list[tuple[Job, Future[events.Outcome]]]) -> None:
         done: list[tuple[Future[events.Outcome], events.Outcome | None,
                          BaseException | None]] = []
         try:
-            with self._writer_lock(), self.new_session() as session:
-                run = Runner(session)  # BEGIN IMMEDIATE
-                try:
-                    for job, future in batch:
-                        # A savepoint per delivery: a refused one rolls back alone.
-                        run.driver_sql("SAVEPOINT delivery")
-                        try:
-                            outcome = events.record(
-                                session, subject=job.subject, channel=job.channel,
-                                method=job.method, event=job.event, run=run)
-                        except (events.Rejected, DBAPIError) as exc:
-                            run.driver_sql("ROLLBACK TO delivery")
-                            run.driver_sql("RELEASE delivery")
-                            done.append((future, None, exc))
-                            continue
-                        run.driver_sql("RELEASE delivery")
-                        done.append((future, outcome, None))
-                finally:
-                    run.close()
-                session.commit()
+            with self._writer_lock():
+                self._store(batch, done)
             self.batches += 1
             self.deliveries += len(batch)
         except BaseException as exc:

@@ -83,16 +83,27 @@ class Prepared:
 
 
 class Runner:
-    """Runs prepared statements in ``session``'s transaction (opening it if needed)."""
+    """Runs prepared statements on one DBAPI connection, in its current transaction.
 
-    __slots__ = ("_prepared", "connection", "cursor", "dialect")
+    :meth:`of` takes a session's connection (opening its transaction if needed). A
+    connection the caller holds itself (the SQLite writer's) is given with its dialect.
+    """
+
+    __slots__ = ("connection", "cursor", "dbapi_connection", "dialect")
 
     _CACHE: dict[tuple[str, Any], Prepared] = {}
 
-    def __init__(self, session: Session) -> None:
-        self.connection: Connection = session.connection()
-        self.dialect = self.connection.dialect
-        self.cursor = self.connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    def __init__(self, dbapi_connection: Any, dialect: Dialect,
+                 connection: Connection | None = None) -> None:
+        self.dbapi_connection = dbapi_connection
+        self.dialect = dialect
+        self.connection = connection
+        self.cursor = dbapi_connection.cursor()
+
+    @classmethod
+    def of(cls, session: Session) -> Runner:
+        connection = session.connection()
+        return cls(connection.connection.driver_connection, connection.dialect, connection)
 
     def prepared(self, key: Any, build: Any) -> Prepared:
         cache_key = (self.dialect.name, key)
@@ -117,9 +128,8 @@ class Runner:
             raise self._translate(exc, sql, ()) from exc
 
     def _translate(self, exc: Exception, sql: str, args: Any) -> DBAPIError:
-        dbapi_conn = self.connection.connection.driver_connection
-        disconnect = self.dialect.is_disconnect(exc, dbapi_conn, self.cursor)
-        if disconnect:
+        disconnect = self.dialect.is_disconnect(exc, self.dbapi_connection, self.cursor)
+        if disconnect and self.connection is not None:
             self.connection.invalidate(exc)
         return DBAPIError.instance(sql, args, exc, self.dialect.loaded_dbapi.Error,
                                    hide_parameters=True, connection_invalidated=disconnect,

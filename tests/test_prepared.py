@@ -37,7 +37,7 @@ def test_an_update_matches_session_execute_and_computes_onupdate(app: Flask) -> 
     before = utcnow() - timedelta(seconds=1)
     with app.app_context(), db.database().writer() as session:
         session.execute(stmt, {"pk": "a" * 32, "at": at})
-        run = Runner(session)
+        run = Runner.of(session)
         cursor = run.execute(run.prepared(("test-update",), lambda: stmt),
                              {"pk": "b" * 32, "at": at})
         assert cursor.rowcount == 1
@@ -56,7 +56,7 @@ def test_database_errors_are_sqlalchemy_errors(app: Flask) -> None:
                                fallback_url="y", callback_method="POST",
                                callback_timeout_ms=2000)
     with app.app_context(), db.database().writer() as session:
-        run = Runner(session)
+        run = Runner.of(session)
         with pytest.raises(IntegrityError):
             run.execute(run.prepared(("test-insert",), lambda: stmt), {"pk": "c" * 32})
         run.close()
