@@ -30,7 +30,7 @@ from collections import OrderedDict
 from functools import partial
 from typing import Any
 
-from gunicorn import http
+from gunicorn import glogging, http
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 #: Seconds a client has to send a whole request once it started (or once it connected).
@@ -298,3 +298,14 @@ class ReadAheadWorker(ThreadWorker):
             return
         self.nr_conns += 1
         self.enqueue_req(TConn(self.cfg, client_sock, client_addr, listener.getsockname()))
+
+
+class AccessLogger(glogging.Logger):
+    """gunicorn's logger, which builds its access line only when an access log is asked for.
+
+    The app writes its own line per request (app/logs.py). gunicorn's builds its line whenever
+    a logging configuration is given (ours sets JSON formatting), even to drop it at once.
+    """
+
+    def _compute_access_log_enabled(self) -> bool:
+        return bool(self.cfg.accesslog)

@@ -42,6 +42,7 @@ loglevel = os.environ.get("CONFHOOK_LOG_LEVEL", "info")
 # CONFHOOK_ACCESS_LOG names a file (or - for stdout). With JSON logs gunicorn's lines are JSON.
 _json_logs = os.environ.get("CONFHOOK_LOG_FORMAT", "json").strip().lower() != "text"
 accesslog = os.environ.get("CONFHOOK_ACCESS_LOG", "").strip() or None
+logger_class = "app.httpworker.AccessLogger"
 if _json_logs:
     logconfig_dict = {
         "version": 1,
