@@ -26,13 +26,14 @@ class Base(DeclarativeBase):
 _EXT = "confhook.db"
 
 
-def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
+def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+                ) -> Engine:
     """Create the engine; for SQLite, set WAL and the durability level on every connection."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
-    # A writer waits up to 10 s for SQLite's lock, then the request is a 503: well within
-    # gunicorn's worker timeout, and the provider retries.
-    engine = create_engine(url, connect_args={"timeout": 10})
+    # A writer waits up to busy_timeout_ms (10 s) for SQLite's lock, then the request is a
+    # 503: well within gunicorn's worker timeout, and the provider retries.
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -42,7 +43,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -67,7 +68,8 @@ class Database:
 
 def init_app(app: Flask) -> None:
     """Create the engine for ``app`` (no connection is opened) and close sessions after use."""
-    engine = make_engine(app.config["DATABASE_URL"], app.config["CONFHOOK_SQLITE_SYNCHRONOUS"])
+    engine = make_engine(app.config["DATABASE_URL"], app.config["CONFHOOK_SQLITE_SYNCHRONOUS"],
+                         app.config["CONFHOOK_SQLITE_BUSY_TIMEOUT_MS"])
     app.extensions[_EXT] = Database(engine)
     app.teardown_appcontext(_close_sessions)
 

@@ -14,12 +14,15 @@ exist that was not sent. Exit status 0 only if so.
 
 With ``--stop-database``/``--start-database`` the fault is a database outage instead: the
 service must answer 503 (never a 2xx for what it did not store) while the database is down,
-and store again once it is back, without a restart.
+and store again once it is back, without a restart. With ``--lock-database SECONDS`` (SQLite)
+another process holds the database's write lock that long (``BEGIN EXCLUSIVE``), as a backup
+or a stray ``sqlite3`` shell would: deliveries wait up to ``--busy-timeout-ms``, then get 503.
 
     .venv/bin/python -m bench.faults                           # SQLite
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults \
         --stop-database "pg_ctl -D DATA stop -m fast" --start-database "pg_ctl -D DATA start"
+    .venv/bin/python -m bench.faults --lock-database 5 --busy-timeout-ms 1000
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import random
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -56,13 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-database", metavar="COMMAND",
                         help="and this to start it again after --outage seconds")
     parser.add_argument("--outage", type=float, default=5.0)
+    parser.add_argument("--lock-database", type=float, metavar="SECONDS",
+                        help="instead of killing workers: hold SQLite's write lock from "
+                             "another process this long, once, mid-run")
+    parser.add_argument("--busy-timeout-ms", default="",
+                        help="CONFHOOK_SQLITE_BUSY_TIMEOUT_MS (default: the service's)")
     args = parser.parse_args(argv)
+    if args.lock_database and args.database_url:
+        parser.error("--lock-database is for SQLite")
 
     work = Path(tempfile.mkdtemp(prefix="confhook-faults-"))
     url = args.database_url or f"sqlite:///{work / 'faults.db'}"
+    extra_env = {"CONFHOOK_WORKERS": args.workers, "CONFHOOK_THREADS": "4"}
+    if args.busy_timeout_ms:
+        extra_env["CONFHOOK_SQLITE_BUSY_TIMEOUT_MS"] = args.busy_timeout_ms
     stack = Stack(free_port(), free_port(), url, secrets.token_urlsafe(32),
-                  "faults-" + secrets.token_urlsafe(16), log_dir=work,
-                  extra_env={"CONFHOOK_WORKERS": args.workers, "CONFHOOK_THREADS": "4"})
+                  "faults-" + secrets.token_urlsafe(16), log_dir=work, extra_env=extra_env)
     with running(stack):
         conference = requests.post(f"{stack.service_url}/api/v1/conferences", timeout=15,
                                    json={"from": "+19195551212", "tag": "faults"},
@@ -91,10 +104,26 @@ def main(argv: list[str] | None = None) -> int:
                            capture_output=True)
             outages.append(time.monotonic() - began)
 
+        def lock() -> None:
+            # Once a fifth of the deliveries were answered, so that some go before and after.
+            while sum(statuses.values()) < args.events // 5:
+                if stop.wait(0.01):
+                    return
+            holder = sqlite3.connect(work / "faults.db", isolation_level=None, timeout=30)
+            began = time.monotonic()
+            holder.execute("BEGIN EXCLUSIVE")
+            stop.wait(args.lock_database)
+            holder.execute("ROLLBACK")
+            holder.close()
+            outages.append(time.monotonic() - began)
+
         def killer() -> None:
             nonlocal kills
             if args.stop_database:
                 outage()
+                return
+            if args.lock_database:
+                lock()
                 return
             while not stop.wait(args.kill_every):
                 pids = worker_pids(master)
@@ -127,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         thread.join()
         elapsed = time.monotonic() - started
-        during = (f"the database was down for {outages[0]:.1f} s" if outages
-                  else f"{kills} workers were killed")
+        if outages:
+            during = (f"another process held the database's lock for {outages[0]:.1f} s"
+                      if args.lock_database else
+                      f"the database was down for {outages[0]:.1f} s")
+        else:
+            during = f"{kills} workers were killed"
         print(f"{args.events} deliveries in {elapsed:.1f} s while {during}: "
               f"{len(acknowledged)} answered 204, {len(failures)} failed or cut off "
               f"({statuses.get(503, 0)} of them 503)")

@@ -176,6 +176,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CONFHOOK_API_TOKENS": tokens,
         "CONFHOOK_REJECTION_FLUSH_MS": _int(env, "CONFHOOK_REJECTION_FLUSH_MS", 1000,
                                             0, 60_000, problems),
+        "CONFHOOK_SQLITE_BUSY_TIMEOUT_MS": _int(env, "CONFHOOK_SQLITE_BUSY_TIMEOUT_MS", 10_000,
+                                                100, 25_000, problems),
         "CONFHOOK_MAX_BODY_BYTES": _int(env, "CONFHOOK_MAX_BODY_BYTES", 64 * 1024,
                                         1024, 16 * 1024 * 1024, problems),
         "CONFHOOK_ADMIN_PASSWORD_HASHES": admin_hashes,

@@ -30,3 +30,19 @@ def test_killing_workers_loses_nothing_acknowledged(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert status == 0, out
     assert "workers were killed" in out and " 0 workers were killed" not in out
+
+
+def test_sqlite_locked_by_another_process_is_503_then_recovers(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import POSTGRES_URL
+
+    if POSTGRES_URL:
+        pytest.skip("a SQLite fault: the suite runs on PostgreSQL")
+    # Another process holds the write lock for 3 s; writes wait 0.5 s for it, then 503.
+    status = faults.main(["--events", "300", "--senders", "8", "--lock-database", "3",
+                          "--busy-timeout-ms", "500"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "held the database's lock" in out
+    refused = int(out.split(" of them 503")[0].rsplit("(", 1)[1])
+    assert refused > 0, out  # while locked: 503s, never a 2xx for what was not stored
