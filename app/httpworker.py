@@ -117,6 +117,8 @@ def request_state(buf: bytes | bytearray, max_head: int, max_body: int
             text = value.strip()
             if not text.isdigit():
                 return COMPLETE, body_start, False  # gunicorn answers 400
+            if len(text) > 15:
+                return (413, "payload_too_large", f"body over {max_body} bytes"), 0, False
             if length is not None and int(text) != length:
                 return COMPLETE, body_start, False  # gunicorn answers 400
             length = int(text)
@@ -201,6 +203,15 @@ class ReadAheadWorker(ThreadWorker):
         self._on_readable(conn)
 
     def _on_readable(self, conn: TConn, _sock: Any = None) -> None:
+        # This runs in the worker's main loop: whatever a client sends must not break it.
+        try:
+            self._read_more(conn)
+        except Exception:
+            self.log.exception("Error reading a request from %s", conn.client)
+            if conn in self.reading:
+                self._drop(conn)
+
+    def _read_more(self, conn: TConn) -> None:
         try:
             data = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):

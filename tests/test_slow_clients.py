@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.httpworker import COMPLETE, INCOMPLETE, request_state
 from scripts.local import Stack, running
@@ -70,8 +72,25 @@ def test_limits() -> None:
     assert state(b"GET /" + b"a" * 2000)[0][:2] == (431, "request_header_fields_too_large")
     assert state(b"POST /a HTTP/1.1\r\nContent-Length: 101\r\n\r\n")[0][:2] == (
         413, "payload_too_large")
+    # More digits than int() takes from a string: still a 413, not an exception.
+    huge = b"POST /a HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"
+    assert state(huge, max_head=10_000)[0][:2] == (413, "payload_too_large")
     chunks = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"40\r\n" + b"a" * 64
     assert state(chunks + b"\r\n40\r\n")[0][:2] == (413, "payload_too_large")
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=st.lists(st.sampled_from([
+    b"POST /a HTTP/1.1", b"Content-Length: 5", b"Content-Length: -1", b"content-length:x",
+    b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip", b"Expect: 100-continue",
+    b"X: \xff\x00", b"", b":", b"Content-Length: 99999999999999999999"]), max_size=6),
+       body=st.binary(max_size=200))
+def test_any_bytes_give_a_state_never_an_exception(head: list[bytes], body: bytes) -> None:
+    data = b"\r\n".join(head) + b"\r\n\r\n" + body
+    for cut in (len(data), len(data) // 2, 3):
+        verdict, end, expects = state(data[:cut], max_head=100, max_body=50)
+        assert verdict in (COMPLETE, INCOMPLETE) or verdict[0] in (413, 431)
+        assert 0 <= end <= cut and isinstance(expects, bool)
 
 
 def test_expect_continue_is_reported_while_the_body_is_missing() -> None:
