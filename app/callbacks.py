@@ -54,7 +54,7 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         raise APIError(404, "not_found", "no such callback URL")
     secrets = [current_app.config["CONFHOOK_SECRET_KEY"],
                *current_app.config["CONFHOOK_OLD_SECRET_KEYS"]]
-    session = db.write_session()
+    session = None
     fields: Any = None
     try:
         events.authenticate(secrets, subject, key)
@@ -64,6 +64,7 @@ def deliver(channel: str, subject: str, key: str) -> Response:
             outcome = committer.receive(groupcommit.Job(subject, channel, request.method,
                                                         events.parse(fields)))
         else:
+            session = db.write_session()
             outcome = events.receive(session, subject=subject, channel=channel,
                                      method=request.method, fields=fields)
             session.commit()
@@ -72,7 +73,8 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         raise APIError(503, "database_busy", "the database did not take the event in time; "
                        "retry later", headers={"Retry-After": "5"}) from None
     except (events.Rejected, APIError) as exc:
-        session.rollback()
+        if session is not None:
+            session.rollback()
         reason = exc.reason if isinstance(exc, events.Rejected) else exc.code
         counter = current_app.extensions[REJECTIONS]
         counter.add(reason)
