@@ -39,6 +39,8 @@ DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_MAX_HEAD = 64 * 1024
 #: Largest body when the app does not say (Flask's ``MAX_CONTENT_LENGTH``).
 DEFAULT_MAX_BODY = 1024 * 1024
+#: Seconds to stop accepting when the process is out of file descriptors.
+ACCEPT_PAUSE_S = 0.5
 
 INCOMPLETE = "incomplete"
 COMPLETE = "complete"
@@ -167,6 +169,7 @@ class ReadAheadWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         # Connections whose request is arriving, oldest first (all have the same timeout).
         self.reading: OrderedDict[TConn, None] = OrderedDict()
+        self.accept_paused_until = 0.0
         self.read_timeout = _env_float("CONFHOOK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
         self.max_head = DEFAULT_MAX_HEAD
         self.max_body = DEFAULT_MAX_BODY
@@ -297,6 +300,11 @@ class ReadAheadWorker(ThreadWorker):
             else:
                 self._drop(conn)  # nothing asked: close quietly, as for an idle keep-alive
 
+    def set_accept_enabled(self, enabled: bool) -> None:
+        if enabled and time.monotonic() < self.accept_paused_until:
+            return
+        super().set_accept_enabled(enabled)
+
     def accept(self, listener: Any) -> None:
         if not self.read_ahead:
             super().accept(listener)
@@ -304,6 +312,14 @@ class ReadAheadWorker(ThreadWorker):
         try:
             client_sock, client_addr = listener.accept()
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of file descriptors: pause accepting for a moment instead of spinning
+                # on a listener that stays readable. Connections wait in the listen queue.
+                self.log.warning("Out of file descriptors with %d connections open: "
+                                 "raise the open-files limit (LimitNOFILE)", self.nr_conns)
+                self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+                super().set_accept_enabled(False)
+                return
             if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return

@@ -28,6 +28,8 @@ bind = os.environ.get("CONFHOOK_BIND", "127.0.0.1:8000")
 worker_class = "app.httpworker.ReadAheadWorker"
 workers = _env_int("CONFHOOK_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8))
 threads = _env_int("CONFHOOK_THREADS", 4)
+# Connections one worker holds open (kept alive, or sending a request): slow clients count here.
+worker_connections = _env_int("CONFHOOK_WORKER_CONNECTIONS", 1000)
 timeout = _env_int("CONFHOOK_WORKER_TIMEOUT", 30)
 graceful_timeout = _env_int("CONFHOOK_GRACEFUL_TIMEOUT", 20)
 keepalive = _env_int("CONFHOOK_KEEPALIVE", 5)
