@@ -28,6 +28,7 @@ or a stray ``sqlite3`` shell would: deliveries wait up to ``--busy-timeout-ms``,
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import random
 import secrets
@@ -110,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
                 if stop.wait(0.01):
                     return
             holder = sqlite3.connect(work / "faults.db", isolation_level=None, timeout=30)
-            began = time.monotonic()
-            holder.execute("BEGIN EXCLUSIVE")
+            # SQLite's busy handler is not fair: under load the writers could starve this
+            # connection for the whole run. So it gets in between two batches through the
+            # writers' own file lock, then lets them go on to meet SQLite's lock.
+            with open(work / "faults.db-writer.lock", "a+b") as queue:
+                fcntl.flock(queue.fileno(), fcntl.LOCK_EX)
+                began = time.monotonic()
+                holder.execute("BEGIN EXCLUSIVE")
             stop.wait(args.lock_database)
             holder.execute("ROLLBACK")
             holder.close()
