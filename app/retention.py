@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.api.represent import conference_json, event_json, member_json
@@ -122,6 +122,12 @@ def purge(new_session: Callable[[], Session], cutoff: datetime, batch_size: int 
             delete(Member).where(Member.conference_pk.in_(ids))).rowcount or 0
         report.conferences += session.execute(
             delete(Conference).where(Conference.id.in_(ids))).rowcount or 0
+        # A delivery that committed an event of one of these conferences after the events'
+        # delete (PostgreSQL: the conference's delete waited for it) had its link cleared by
+        # ON DELETE SET NULL. It is newer than the cutoff: keep it, as unmatched.
+        session.execute(update(Event).where(Event.conference_pk.is_(None),
+                                            Event.match == "matched")
+                        .values(match="unmatched", match_reason="conference_purged"))
         return True
 
     def old_events(session: Session) -> bool:

@@ -81,3 +81,54 @@ def test_purge_refuses_nonsense(app: Flask) -> None:
     runner = app.test_cli_runner()
     assert runner.invoke(args=["purge", "--older-than-days", "0"]).exit_code == 2
     assert runner.invoke(args=["purge"]).exit_code == 2
+
+
+def test_an_event_arriving_while_its_conference_is_purged_is_not_left_matched(
+        app: Flask, client: FlaskClient) -> None:
+    """A late delivery commits while purge deletes its conference: no orphaned "matched" row.
+
+    On PostgreSQL the purge's delete waits for the delivery's transaction, and then clears the
+    new event's link (ON DELETE SET NULL): the event is kept, as unmatched. On SQLite writers
+    take turns, so the purge that comes after the delivery deletes the event with the rest.
+    """
+    import threading
+    import time
+
+    from sqlalchemy import select
+
+    from app import events, retention
+    from tests.conftest import POSTGRES_URL
+
+    ended = create(client, tag="ended")
+    for event in life(ended["conferenceId"], tag="ended"):
+        deliver(client, ended["callbackUrl"], event)
+    late = ev.media("speak", ended["conferenceId"], "done", "2024-05-01T10:30:00Z", tag="ended")
+    with app.app_context():
+        delivery = db.database().writer()
+        events.receive(delivery, subject=ended["id"], channel="callback", method="POST",
+                       fields=late)  # not committed yet
+        done = threading.Event()
+        reports: list[retention.PurgeReport] = []
+
+        def purge() -> None:
+            with app.app_context():
+                reports.append(retention.purge(db.database().writer,
+                                               utcnow() - timedelta(days=30)))
+            done.set()
+
+        thread = threading.Thread(target=purge)
+        thread.start()
+        time.sleep(1.0)  # the purge is now waiting for the delivery's transaction
+        delivery.commit()
+        delivery.close()
+        thread.join(30)
+        assert done.is_set()
+        with db.database().reader() as session:
+            rows = session.execute(select(Event.match, Event.match_reason,
+                                          Event.conference_pk)).all()
+    assert reports[0].conferences == 1
+    assert ("matched", None, None) not in [(m, None, pk) for m, _, pk in rows]
+    if POSTGRES_URL:
+        assert rows == [("unmatched", "conference_purged", None)]
+    else:
+        assert rows == []
