@@ -157,9 +157,14 @@ def _env_float(name: str, default: float) -> float:
         value = float(raw) if raw else default
     except ValueError:
         raise SystemExit(f"confhook: {name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise SystemExit(f"confhook: {name} must be above 0, got {raw!r}")
+    if not 0 < value <= 300:  # NaN too
+        raise SystemExit(f"confhook: {name} must be above 0 and at most 300, got {raw!r}")
     return value
+
+
+def read_timeout_from_env() -> float:
+    """``CONFHOOK_REQUEST_READ_TIMEOUT`` in seconds, or ``SystemExit`` saying what is wrong."""
+    return _env_float("CONFHOOK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
 
 
 class ReadAheadWorker(ThreadWorker):
@@ -170,7 +175,7 @@ class ReadAheadWorker(ThreadWorker):
         # Connections whose request is arriving, oldest first (all have the same timeout).
         self.reading: OrderedDict[TConn, None] = OrderedDict()
         self.accept_paused_until = 0.0
-        self.read_timeout = _env_float("CONFHOOK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
+        self.read_timeout = read_timeout_from_env()
         self.max_head = DEFAULT_MAX_HEAD
         self.max_body = DEFAULT_MAX_BODY
         cfg = self.cfg

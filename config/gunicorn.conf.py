@@ -8,6 +8,8 @@ import os
 import shutil
 import tempfile
 
+from app.httpworker import read_timeout_from_env
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -26,6 +28,7 @@ bind = os.environ.get("CONFHOOK_BIND", "127.0.0.1:8000")
 # of it has arrived: slow clients cost a buffer, not a thread (app/httpworker.py). Each has
 # CONFHOOK_REQUEST_READ_TIMEOUT seconds (10) to send a whole request.
 worker_class = "app.httpworker.ReadAheadWorker"
+read_timeout_from_env()  # read by each worker; checked here too, so a bad value stops the start
 workers = _env_int("CONFHOOK_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8))
 threads = _env_int("CONFHOOK_THREADS", 4)
 # Connections one worker holds open (kept alive, or sending a request): slow clients count here.

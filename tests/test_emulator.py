@@ -342,6 +342,17 @@ def test_faults_drop_and_duplicate(emu: FlaskClient, receiver: Receiver) -> None
     assert response.status_code == 400
 
 
+def test_slow_callback_fault_delivers_then_falls_back_however_fast_the_answer(
+        emu: FlaskClient, receiver: Receiver) -> None:
+    emu.post("/_emulator/faults", json={"slowCallback": 1})
+    make(emu, receiver)  # the receiver answers at once; the fault still takes it as too late
+    idle(emu)
+    log = emu.get("/_emulator/deliveries").get_json()["data"]
+    assert [(r["channel"], r["status"], r["error"]) for r in log] == [
+        ("callback", None, "timeout"), ("fallback", 204, None)]
+    assert receiver.events("cb") == receiver.events("fb")  # the same event, both ways
+
+
 def test_early_fault_delivers_before_answering(emu: FlaskClient, receiver: Receiver) -> None:
     emu.post("/_emulator/faults", json={"early": 1})
     make(emu, receiver)

@@ -218,10 +218,12 @@ class Deliverer:
                 if channel == "callback" and fail_callback:
                     forced = "injected failure"
                 timeout_ms = target.timeout_ms or DEFAULT_TIMEOUT_MS
-                if channel == "callback" and slow_callback:
-                    timeout_ms = 1  # the receiver gets it, but we stop waiting at once
+                # A slow callback: the receiver gets the whole request and answers, but as if
+                # its answer came after callbackTimeout (a fast receiver would otherwise beat
+                # any short timeout we could set).
+                slow = channel == "callback" and bool(slow_callback)
                 if self._attempt(url, target.method, timeout_ms, record, channel, attempt,
-                                 forced):
+                                 forced, too_late=slow):
                     record["outcome"], record["channel"] = "delivered", channel
                     if duplicate:
                         self._attempt(url, target.method, timeout_ms, record, channel,
@@ -230,8 +232,8 @@ class Deliverer:
         record["outcome"] = "failed"
 
     def _attempt(self, url: str, method: str, timeout_ms: int, record: dict[str, Any],
-                 channel: str, attempt: int, forced: str | None, duplicate: bool = False
-                 ) -> bool:
+                 channel: str, attempt: int, forced: str | None, duplicate: bool = False,
+                 too_late: bool = False) -> bool:
         started = time.perf_counter()
         status: int | None = None
         error = forced
@@ -250,6 +252,8 @@ class Deliverer:
                 error = "timeout"
             except requests.RequestException as exc:
                 error = type(exc).__name__
+        if too_late and error is None:
+            status, error = None, "timeout"  # answered, but after we stopped waiting
         ok = status is not None and 200 <= status < 300
         if forced is None:
             record["deliveries"] += 1  # sent, so it may have arrived even if we gave up
