@@ -37,8 +37,8 @@ def register_blueprints(app: Flask) -> None:
     logs.init_app(app)
     app.before_request(require_utf8_query_string)
     health.init_app(app)
-    api.init_app(app)
     callbacks.init_app(app)
+    api.init_app(app)  # after callbacks: its document describes the callback endpoint too
     admin.init_app(app)  # last: it exempts the other blueprints from CSRF checks
 
 

@@ -116,3 +116,53 @@ def init_app(app: Flask) -> None:
         app.extensions[groupcommit.EXTENSION] = groupcommit.GroupCommitter(
             db.database(app).engine, f"{path}-writer.lock" if path else None)
     app.register_blueprint(bp)
+
+
+_DELIVERY_ANSWERS = {
+    "400": "Malformed JSON, invalid UTF-8, NaN, nesting deeper than the parser allows.",
+    "401": "The URL's key does not verify: nothing stored.",
+    "404": "No such callback channel.",
+    "408": "The request did not arrive whole within CONFHOOK_REQUEST_READ_TIMEOUT.",
+    "413": "A body over CONFHOOK_MAX_BODY_BYTES.",
+    "414": "A query string over CONFHOOK_MAX_BODY_BYTES.",
+    "415": "A body that is neither JSON nor form-encoded.",
+    "422": "An event that cannot be understood (no eventType, a known field with a bad "
+           "value, NUL characters, too deep, too many fields).",
+    "503": "The database is unavailable or busy: retry later (Retry-After). Never a 4xx for "
+           "our own failure.",
+}
+
+
+def document(spec: Any, app: Flask) -> None:
+    """Describe the provider-facing endpoint in the API's OpenAPI document."""
+    rule = next(r for r in app.url_map.iter_rules() if r.endpoint == f"{bp.name}.deliver")
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    responses: dict[str, Any] = {
+        "204": {"description": "Stored, or recognised as a duplicate of a stored event.",
+                "headers": {"X-Confhook-Event": {
+                    "description": "`<event id>; stored|duplicate; <match>`",
+                    "schema": {"type": "string"}}}},
+        **{status: {"description": text, **error} for status, text in _DELIVERY_ANSWERS.items()},
+    }
+    parameters = [
+        {"name": "channel", "in": "path", "required": True,
+         "schema": {"type": "string", "enum": list(CHANNELS)}},
+        {"name": "subject", "in": "path", "required": True,
+         "description": "The conference's id, or `shared`.", "schema": {"type": "string"}},
+        {"name": "key", "in": "path", "required": True,
+         "description": "The key issued for the subject: the URL is the credential.",
+         "schema": {"type": "string"}},
+    ]
+    common = {"tags": ["callbacks"], "security": [], "responses": responses}
+    spec.path(rule=rule, parameters=parameters, operations={
+        "get": {**common, "summary": "A callback event from the provider, as a query string",
+                "parameters": [{"name": "event", "in": "query", "style": "form",
+                                "explode": True, "schema": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"}}}]},
+        "post": {**common, "summary": "A callback event from the provider, as JSON",
+                 "requestBody": {"required": True, "content": {
+                     "application/json": {"schema": {"type": "object"}},
+                     "application/x-www-form-urlencoded": {"schema": {
+                         "type": "object", "additionalProperties": {"type": "string"}}}}}},
+    })

@@ -19,7 +19,7 @@ SHARED = "shared"
 
 def callback_key(secret: str, subject: str) -> str:
     """Return the URL key for ``subject`` (a conference id, or ``shared``) under ``secret``."""
-    digest = hmac.new(secret.encode(), f"confhook-callback:{subject}".encode(),
+    digest = hmac.new(secret.encode(), f"confhook-callback:{subject}".encode(errors="replace"),
                       hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:18]).decode()
 
@@ -30,8 +30,9 @@ def key_matches(secrets: Iterable[str], subject: str, key: str) -> bool:
     Every secret is tried, so the time taken does not reveal which one matched.
     """
     ok = False
+    offered = key.encode(errors="replace")  # as bytes: any text in a URL compares, no error
     for secret in secrets:
-        ok |= hmac.compare_digest(callback_key(secret, subject), key)
+        ok |= hmac.compare_digest(callback_key(secret, subject).encode(), offered)
     return ok
 
 

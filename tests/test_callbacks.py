@@ -141,13 +141,18 @@ def test_payload_is_kept_raw(client: FlaskClient, conf: dict[str, Any]) -> None:
 
 # -- rejection ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("tamper", ["key", "subject", "channel"])
+@pytest.mark.parametrize("tamper", ["key", "non-ascii key", "subject", "non-ascii subject",
+                                    "channel"])
 def test_bad_callback_url_is_rejected_counted_and_stores_nothing(
         client: FlaskClient, app: Flask, conf: dict[str, Any], tamper: str) -> None:
     path = path_of(conf["callbackUrl"])
     _, _, channel, subject, key = path.split("/")
     if tamper == "key":
         path = f"/callbacks/{channel}/{subject}/{key[:-2]}xx"
+    elif tamper == "non-ascii key":  # found by schemathesis: it was a 500
+        path = f"/callbacks/{channel}/{subject}/{key[:-2]}%C3%A9"
+    elif tamper == "non-ascii subject":
+        path = f"/callbacks/{channel}/caf%C3%A9/{key}"
     elif tamper == "subject":
         other = create(client)
         path = f"/callbacks/{channel}/{other['id']}/{key}"

@@ -41,6 +41,8 @@ OPERATIONS = [
     ("GET", "/api/v1/events"), ("GET", "/api/v1/events/export"),
     ("GET", "/api/v1/events/{event_id}"), ("POST", "/api/v1/events/{event_id}/rematch"),
     ("POST", "/api/v1/events/rematch"), ("GET", "/api/v1/stats"),
+    ("GET", "/callbacks/{channel}/{subject}/{key}"),
+    ("POST", "/callbacks/{channel}/{subject}/{key}"),
 ]
 
 

@@ -185,3 +185,6 @@ def init_app(app: Flask) -> None:
 
     api = ConfhookApi(app)
     api.register_blueprint(bp)
+    from app import callbacks
+
+    callbacks.document(api.spec, app)
