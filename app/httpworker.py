@@ -13,6 +13,10 @@ costs a buffer, not a thread, and it has ``read_timeout`` seconds in all to fini
 (``408`` then). A head over ``max_head`` bytes is a ``431``, a body over ``max_body`` a ``413``,
 both answered here with the app's JSON error shape and the connection closed.
 
+The other way round, a client that asks for a large answer and does not read it (or reads it
+a byte at a time) would hold the thread writing it. A thread gives a response ``send_timeout``
+seconds in all, then closes the connection.
+
 Plain HTTP/1.x only (what confhook serves behind its listener); with TLS, HTTP/2 or the uwsgi
 protocol configured it behaves exactly like gthread.
 """
@@ -35,6 +39,8 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 #: Seconds a client has to send a whole request once it started (or once it connected).
 DEFAULT_READ_TIMEOUT = 10.0
+#: Seconds a client has to take in a whole response before its connection is closed.
+DEFAULT_SEND_TIMEOUT = 30.0
 #: Largest request head (request line and header fields) buffered.
 DEFAULT_MAX_HEAD = 64 * 1024
 #: Largest body when the app does not say (Flask's ``MAX_CONTENT_LENGTH``).
@@ -167,6 +173,11 @@ def read_timeout_from_env() -> float:
     return _env_float("CONFHOOK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
 
 
+def send_timeout_from_env() -> float:
+    """``CONFHOOK_RESPONSE_SEND_TIMEOUT`` in seconds, or ``SystemExit`` saying what is wrong."""
+    return _env_float("CONFHOOK_RESPONSE_SEND_TIMEOUT", DEFAULT_SEND_TIMEOUT)
+
+
 class ReadAheadWorker(ThreadWorker):
     """gthread whose threads only ever see requests that have fully arrived."""
 
@@ -176,6 +187,7 @@ class ReadAheadWorker(ThreadWorker):
         self.reading: OrderedDict[TConn, None] = OrderedDict()
         self.accept_paused_until = 0.0
         self.read_timeout = read_timeout_from_env()
+        self.send_timeout = send_timeout_from_env()
         self.max_head = DEFAULT_MAX_HEAD
         self.max_body = DEFAULT_MAX_BODY
         cfg = self.cfg
@@ -209,6 +221,22 @@ class ReadAheadWorker(ThreadWorker):
         # On loopback, on a kept-alive connection and for a pipelined request the bytes are
         # usually there already: read before asking the poller.
         self._on_readable(conn)
+
+    def handle_request(self, req: Any, conn: TConn) -> bool:
+        """Serve one request (in a thread); a response not taken in time closes the connection.
+
+        The request has all arrived, so only writing can block here. A socket timeout bounds
+        the whole ``sendall`` of the response, not each write.
+        """
+        if not self.read_ahead:
+            return bool(super().handle_request(req, conn))
+        conn.sock.settimeout(self.send_timeout)
+        try:
+            return bool(super().handle_request(req, conn))
+        except TimeoutError:
+            self.log.warning("Closed the connection from %s: it did not take its response "
+                             "within %g s", conn.client, self.send_timeout)
+            return False
 
     def _on_readable(self, conn: TConn, _sock: Any = None) -> None:
         # This runs in the worker's main loop: whatever a client sends must not break it.

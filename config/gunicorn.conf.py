@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-from app.httpworker import read_timeout_from_env
+from app.httpworker import read_timeout_from_env, send_timeout_from_env
 
 
 def _env_int(name: str, default: int) -> int:
@@ -26,9 +26,12 @@ bind = os.environ.get("CONFHOOK_BIND", "127.0.0.1:8000")
 # waits on the provider (the provider may call back before it answers our create).
 # ReadAheadWorker is gunicorn's gthread, except that a request reaches a thread only once all
 # of it has arrived: slow clients cost a buffer, not a thread (app/httpworker.py). Each has
-# CONFHOOK_REQUEST_READ_TIMEOUT seconds (10) to send a whole request.
+# CONFHOOK_REQUEST_READ_TIMEOUT seconds (10) to send a whole request, and
+# CONFHOOK_RESPONSE_SEND_TIMEOUT seconds (30) to take in its response.
 worker_class = "app.httpworker.ReadAheadWorker"
-read_timeout_from_env()  # read by each worker; checked here too, so a bad value stops the start
+# Read by each worker; checked here too, so a bad value stops the start.
+read_timeout_from_env()
+send_timeout_from_env()
 workers = _env_int("CONFHOOK_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8))
 threads = _env_int("CONFHOOK_THREADS", 4)
 # Connections one worker holds open (kept alive, or sending a request): slow clients count here.

@@ -28,6 +28,7 @@ from scripts.local import Stack, running
 from tests.servers import free_port
 
 READ_TIMEOUT = 3
+SEND_TIMEOUT = 1
 
 # -- request_state: when a buffered request is whole ---------------------------------------
 
@@ -108,7 +109,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     service = Stack(free_port(), free_port(), f"sqlite:///{work / 'confhook.db'}",
                     secrets.token_urlsafe(32), "slow-" + secrets.token_urlsafe(16),
                     extra_env={"CONFHOOK_WORKERS": "2", "CONFHOOK_THREADS": "2",
-                               "CONFHOOK_REQUEST_READ_TIMEOUT": str(READ_TIMEOUT)},
+                               "CONFHOOK_REQUEST_READ_TIMEOUT": str(READ_TIMEOUT),
+                               "CONFHOOK_RESPONSE_SEND_TIMEOUT": str(SEND_TIMEOUT)},
                     log_dir=work)
     with running(service):
         yield service
@@ -215,6 +217,36 @@ def test_slow_clients_do_not_hold_up_deliveries(stack: Stack, conference: dict[s
     finally:
         slow.close()
     assert stored_speak_events(stack, conference) == before + 20
+
+
+def test_clients_that_do_not_read_their_answers_do_not_hold_up_deliveries(
+        stack: Stack, conference: dict[str, Any]) -> None:
+    # Each asks for the OpenAPI document (about 70 kB) 150 times in one write, with a small
+    # receive window, and reads nothing: 10 MB of answers, more than a socket buffer holds
+    # (4 MB at most here).
+    document = requests.get(f"{stack.service_url}/api/v1/openapi.json", timeout=10)
+    assert document.status_code == 200 and len(document.content) > 50_000
+    hogs = []
+    for _ in range(8):  # twice the threads
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", stack.service_port))
+        sock.sendall(b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 150)
+        hogs.append(sock)
+    try:
+        time.sleep(0.5)
+        before = stored_speak_events(stack, conference)
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda n: requests.post(
+                f"{stack.service_url}{conference['path']}", data=speak(conference, n),
+                headers={"Content-Type": "application/json"}, timeout=20).status_code,
+                range(3000, 3020)))
+        assert statuses == [204] * 20
+        assert stored_speak_events(stack, conference) == before + 20
+    finally:
+        for sock in hogs:
+            sock.close()
 
 
 def test_a_request_that_never_finishes_gets_408_and_the_connection_closes(
