@@ -61,8 +61,9 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         fields = read_fields()
         committer = current_app.extensions.get(groupcommit.EXTENSION)
         if committer is not None:
-            outcome = committer.receive(groupcommit.Job(subject, channel, request.method,
-                                                        events.parse(fields)))
+            outcome = committer.receive(
+                groupcommit.Job(subject, channel, request.method, events.parse(fields)),
+                current_app.config["CONFHOOK_DELIVERY_WAIT_MS"] / 1000)
         else:
             session = db.write_session()
             outcome = events.receive(session, subject=subject, channel=channel,

@@ -26,11 +26,25 @@ class Base(DeclarativeBase):
 _EXT = "confhook.db"
 
 
-def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int = 10_000
-                ) -> Engine:
-    """Create the engine; for SQLite, set WAL and the durability level on every connection."""
+def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int = 10_000,
+                lock_timeout_ms: int = 10_000) -> Engine:
+    """Create the engine; for SQLite, set WAL and the durability level on every connection.
+
+    On PostgreSQL every connection waits at most ``lock_timeout_ms`` for a lock (a row another
+    transaction holds): the statement then fails, and a delivery gets a 503 while the provider
+    is still waiting for an answer, rather than holding a thread for as long as the lock lasts.
+    """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        pg_engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(pg_engine, "connect")
+        def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
+            cur.close()
+            dbapi_conn.commit()  # outside any transaction the pool later rolls back
+
+        return pg_engine
     # A writer waits up to busy_timeout_ms (10 s) for SQLite's lock, then the request is a
     # 503: well within gunicorn's worker timeout, and the provider retries.
     engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
@@ -69,7 +83,8 @@ class Database:
 def init_app(app: Flask) -> None:
     """Create the engine for ``app`` (no connection is opened) and close sessions after use."""
     engine = make_engine(app.config["DATABASE_URL"], app.config["CONFHOOK_SQLITE_SYNCHRONOUS"],
-                         app.config["CONFHOOK_SQLITE_BUSY_TIMEOUT_MS"])
+                         app.config["CONFHOOK_SQLITE_BUSY_TIMEOUT_MS"],
+                         app.config["CONFHOOK_DELIVERY_WAIT_MS"])
     app.extensions[_EXT] = Database(engine)
     app.teardown_appcontext(_close_sessions)
 

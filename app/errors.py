@@ -87,6 +87,10 @@ def register_errorhandlers(app: Flask) -> None:
     def _database_error(exc: DBAPIError) -> Response:
         # Senders treat a 4xx as final, so our own failure must never look like one: a 503
         # with Retry-After makes the provider retry or fall back.
+        if _is_lock_wait(exc):
+            log.warning("database busy: a lock was not granted in time")
+            return error_response(503, "database_busy", "the database is busy (locked); "
+                                  "retry later", headers={"Retry-After": "5"})
         log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
         return error_response(503, "database_unavailable",
                               "the database is unavailable; retry later",
@@ -98,6 +102,13 @@ def register_errorhandlers(app: Flask) -> None:
         if _is_admin_page():
             return _admin_page(500, "Internal error", "Something went wrong; it is logged.")
         return error_response(500, "internal_error", "internal error")
+
+
+def _is_lock_wait(exc: DBAPIError) -> bool:
+    """A lock not granted in time: PostgreSQL's lock_timeout, SQLite's busy timeout."""
+    if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+        return True
+    return type(exc.orig).__module__ == "sqlite3" and "locked" in str(exc.orig)
 
 
 def _is_admin_page() -> bool:

@@ -67,11 +67,12 @@ class GroupCommitter:
         self.batches = 0  # committed batches and the deliveries in them, for tests and benches
         self.deliveries = 0
 
-    def receive(self, job: Job, timeout_s: float = 20.0) -> events.Outcome:
+    def receive(self, job: Job, timeout_s: float = 10.0) -> events.Outcome:
         """Store ``job``; return its outcome once committed, or raise what refused it.
 
-        Waiting is bounded below gunicorn's 30 s worker timeout, so a stuck database gives a
-        503 (the provider retries) rather than a killed worker.
+        Waiting is bounded (``CONFHOOK_DELIVERY_WAIT_MS``): past the provider's patience a
+        thread held for a stuck database serves nobody, and a 503 makes the provider retry.
+        A job given up on stays queued and is still stored; its retry is then a duplicate.
         """
         future: Future[events.Outcome] = Future()
         self.jobs.put((job, future))

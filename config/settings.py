@@ -178,6 +178,9 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
                                             0, 60_000, problems),
         "CONFHOOK_SQLITE_BUSY_TIMEOUT_MS": _int(env, "CONFHOOK_SQLITE_BUSY_TIMEOUT_MS", 10_000,
                                                 100, 25_000, problems),
+        # The provider waits at most 10 s (its largest callbackTimeout) for an answer.
+        "CONFHOOK_DELIVERY_WAIT_MS": _int(env, "CONFHOOK_DELIVERY_WAIT_MS", 10_000,
+                                          100, 25_000, problems),
         "CONFHOOK_MAX_BODY_BYTES": _int(env, "CONFHOOK_MAX_BODY_BYTES", 64 * 1024,
                                         1024, 16 * 1024 * 1024, problems),
         "CONFHOOK_ADMIN_PASSWORD_HASHES": admin_hashes,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 
 from app import db
 from app.keys import callback_key
@@ -405,3 +409,53 @@ def test_a_flood_of_refused_deliveries_is_counted_in_few_writes(env: dict[str, s
         assert stats["rejectedDeliveries"]["total"] == 51
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _lock_held_elsewhere(database_url: str, conference_id: str) -> Iterator[None]:
+    """Hold what a delivery for ``conference_id`` must wait for, as another process would."""
+    if database_url.startswith("sqlite"):
+        # The writers' own lock, as another process's writer holds it while it commits.
+        with open(f"{database_url.removeprefix('sqlite:///')}-writer.lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            yield
+        return
+    outside = create_engine(database_url)
+    try:
+        with outside.connect() as holder:
+            holder.execute(text("SELECT id FROM conference WHERE conference_id = :c "
+                                "FOR UPDATE"), {"c": conference_id})
+            yield
+            holder.rollback()
+    finally:
+        outside.dispose()
+
+
+def test_a_delivery_kept_waiting_by_a_lock_is_503_busy_and_nothing_is_lost(
+        env: dict[str, str], database_url: str) -> None:
+    """A lock held elsewhere (a backup, a long transaction) makes a delivery wait at most
+    CONFHOOK_DELIVERY_WAIT_MS, then answers 503; the provider's retry then stores it once."""
+    from app import create_app
+
+    app = create_app({**env, "CONFHOOK_DELIVERY_WAIT_MS": "300"})
+    client = app.test_client()
+    try:
+        conf = create(client)
+        event = ev.conference(conf["conferenceId"], "created")
+        with _lock_held_elsewhere(database_url, conf["conferenceId"]):
+            began = time.monotonic()
+            response = deliver(client, conf["callbackUrl"], event)
+            waited = time.monotonic() - began
+            assert response.status_code == 503, response.get_json()
+            assert response.get_json()["error"]["code"] == "database_busy"
+            assert response.headers["Retry-After"]
+            assert 0.25 <= waited < 5
+        # The lock is gone. The retry is stored, or recognised as the delivery that waited and
+        # was stored once the lock was free (SQLite keeps it queued): one event either way.
+        response = deliver(client, conf["callbackUrl"], event)
+        assert response.status_code == 204
+        assert response.headers["X-Confhook-Event"].split("; ")[1] == (
+            "duplicate" if database_url.startswith("sqlite") else "stored")
+        assert [e["eventType"] for e in events_of(client, conf)] == ["conference"]
+    finally:
+        db.database(app).engine.dispose()
