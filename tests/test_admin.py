@@ -84,6 +84,21 @@ def test_sign_in_and_out(client: FlaskClient) -> None:
     assert client.get("/admin/").status_code == 302
 
 
+def test_the_session_cookie_is_read_and_refreshed_on_admin_pages_only(
+        admin: FlaskClient) -> None:
+    # A permanent session is refreshed (Set-Cookie) by every request that opens it.
+    assert "confhook_session=" in admin.get("/admin/").headers.get("Set-Cookie", "")
+    delivery = admin.post(f"/callbacks/callback/shared/{callback_key(SECRET, 'shared')}",
+                          json=ev.conference("c-cookie", "created"))
+    assert delivery.status_code == 204
+    for response in (delivery, admin.get("/healthz"), admin.get("/api/v1/openapi.json")):
+        assert response.status_code in (200, 204)
+        assert "Set-Cookie" not in response.headers
+    # Outside the admin the cookie grants nothing: the API wants its bearer token.
+    assert admin.get("/api/v1/conferences").status_code == 401
+    assert admin.get("/admin/conferences").status_code == 200
+
+
 def test_next_cannot_leave_the_admin(client: FlaskClient) -> None:
     response = client.post("/admin/sign-in?next=//evil.example.com/",
                            data={"password": PASSWORD, "csrf_token": csrf_token(client)})

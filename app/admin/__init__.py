@@ -24,6 +24,7 @@ from flask import (
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash
@@ -36,6 +37,21 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
                static_folder="static", static_url_path="/static")
 csrf = CSRFProtect()
 log = logging.getLogger(__name__)
+
+
+class AdminSessionInterface(SecureCookieSessionInterface):
+    """Cookie sessions for the admin pages only.
+
+    Every other request (a delivery, the API, probes, metrics) gets Flask's null session: the
+    admin's cookie is neither verified nor refreshed there, so a request elsewhere does not
+    extend a sign-in, and a delivery does not pay for a signature check it has no use for.
+    """
+
+    def open_session(self, app: Flask, request: Any) -> SessionMixin | None:
+        prefix = bp.url_prefix or "/admin"
+        if request.path != prefix and not request.path.startswith(prefix + "/"):
+            return None  # Flask then uses its null session, which is never saved
+        return super().open_session(app, request)
 bp.before_request(reject_nul_in_request)
 
 SIGNIN_LIMIT = 5
@@ -152,6 +168,7 @@ def _csrf_error(exc: CSRFError) -> tuple[str, int]:
 def init_app(app: Flask) -> None:
     from app.admin import views  # noqa: F401 - registers the pages
 
+    app.session_interface = AdminSessionInterface()
     csrf.init_app(app)
     app.register_blueprint(bp)
     app.after_request(_security_headers)
