@@ -1,11 +1,12 @@
 """Ingest benchmark: the service under gunicorn receiving callback deliveries from wrk.
 
-In one run, with the same gunicorn config (``config/gunicorn.conf.py``) and load for both:
+In one run, with the same gunicorn config (``config/gunicorn.conf.py``) and load for each:
 
 1. the baseline, a bare Flask app that parses each delivery and answers 204 (bench/baseline_app);
-2. the service (production config, JSON logs to a file) storing every delivery in the database.
+2. the service's own app with the storing left out (bench/nostore_app): the request path alone;
+3. the service (production config, JSON logs to a file) storing every delivery in the database.
 
-For each it prints events/s and p50/p99 latency, then the service's share of the baseline's
+For each it prints events/s and p50/p99 latency, then the shares of the baseline's
 throughput. Afterwards it checks over the API that every delivery answered 2xx was stored.
 With ``--memory`` it sends ``--events`` deliveries in rounds and prints each worker's RSS after
 every round.
@@ -57,14 +58,12 @@ def wrk(url_base: str, targets: list[tuple[str, str]], *, seconds: float, connec
 
 
 @contextmanager
-def baseline(port: int, extra_env: dict[str, str], log: Path) -> Iterator[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFHOOK_")}
-    env.update(extra_env)
-    env["CONFHOOK_BIND"] = f"127.0.0.1:{port}"
+def served(app: str, port: int, env: dict[str, str], log: Path) -> Iterator[str]:
+    """Serve the WSGI ``app`` under gunicorn with the service's config; yield its URL."""
+    env = {**env, "CONFHOOK_BIND": f"127.0.0.1:{port}"}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-                                 "bench.baseline_app:app"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                 app], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -75,7 +74,7 @@ def baseline(port: int, extra_env: dict[str, str], log: Path) -> Iterator[str]:
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"the baseline did not start: see {log}")
+                raise SystemExit(f"{app} did not start: see {log}")
             time.sleep(0.1)
         yield url
     finally:
@@ -144,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     if not args.memory:
-        with baseline(free_port(), extra, work / "baseline.log") as base:
+        plain = {k: v for k, v in os.environ.items() if not k.startswith("CONFHOOK_")}
+        with served("bench.baseline_app:app", free_port(), {**plain, **extra},
+                    work / "baseline.log") as base:
             fake = [(f"/callbacks/callback/cf{i}/key", f"conf-{i}")
                     for i in range(args.conferences)]
             wrk(base, fake, seconds=args.warmup, run="warm", **load)
@@ -164,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         targets = [("/" + c["callbackUrl"].split("/", 3)[3], c["conferenceId"])
                    for c in conferences]
         run = secrets.token_hex(3)
+        if not args.memory:
+            # The same app and URLs (the same keys), answering without storing.
+            with served("bench.nostore_app:app", free_port(), stack.env(),
+                        work / "nostore.log") as nostore:
+                wrk(nostore, targets, seconds=args.warmup, run=f"{run}nw", **load)
+                results["nostore"] = wrk(nostore, targets, seconds=args.seconds,
+                                         run=f"{run}n", **load)
         answered = 0
         warm = wrk(stack.service_url, targets, seconds=args.warmup, run=f"{run}w", **load)
         answered += warm["requests"] - warm["non2xx"]
@@ -196,9 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         print("\n| server | events/s | p50 | p99 | requests | errors |\n|---|---|---|---|---|---|")
         print(row("baseline (parse, 204)", results["baseline"]))
+        print(row("confhook, storing left out", results["nostore"]))
         print(row("confhook (store)", results["service"]))
-        ratio = results["service"]["rate"] / results["baseline"]["rate"]
-        print(f"\nconfhook reaches {ratio:.0%} of the baseline's throughput")
+        base_rate = results["baseline"]["rate"]
+        print(f"\nconfhook reaches {results['service']['rate'] / base_rate:.0%} of the "
+              f"baseline's throughput; without storing, its request path alone reaches "
+              f"{results['nostore']['rate'] / base_rate:.0%}")
     # wrk counts only the answers it read before its time was up: the server may have stored
     # a few more (answered, but after wrk stopped reading). Fewer would be a loss.
     print(f"deliveries answered 2xx: {answered:,}; stored: {stored:,} "
