@@ -47,6 +47,8 @@ def test_every_missing_setting_is_named_at_once() -> None:
     ("DATABASE_URL", "mysql://x/y", "sqlite:/// or postgresql"),
     ("CATAPULT_READ_TIMEOUT_S", "-1", "between"),
     ("CONFHOOK_SQLITE_SYNCHRONOUS", "OFF", "one of FULL, NORMAL"),
+    ("CONFHOOK_DELIVERY_WAIT_MS", "50", "between 100 and 25000"),
+    ("CONFHOOK_SQLITE_BUSY_TIMEOUT_MS", "60000", "between 100 and 25000"),
     ("CONFHOOK_LOG_FORMAT", "xml", "one of json, text"),
     ("CONFHOOK_METRICS_TOKEN", "short", "at least 16"),
     ("CONFHOOK_ADMIN_PASSWORD_HASH", "scrypt:1$a$b,hunter2", "not the password itself"),

@@ -23,7 +23,13 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.httpworker import COMPLETE, INCOMPLETE, request_state
+from app.httpworker import (
+    COMPLETE,
+    INCOMPLETE,
+    read_timeout_from_env,
+    request_state,
+    send_timeout_from_env,
+)
 from scripts.local import Stack, running
 from tests.servers import free_port
 
@@ -98,6 +104,21 @@ def test_expect_continue_is_reported_while_the_body_is_missing() -> None:
     head = b"POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
     assert state(head) == (INCOMPLETE, 0, True)
     assert state(head + b"ab") == (COMPLETE, len(head) + 2, False)
+
+
+@pytest.mark.parametrize(("name", "read"), [
+    ("CONFHOOK_REQUEST_READ_TIMEOUT", read_timeout_from_env),
+    ("CONFHOOK_RESPONSE_SEND_TIMEOUT", send_timeout_from_env)])
+def test_timeouts_are_checked_when_gunicorn_starts(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                   read: Any) -> None:
+    monkeypatch.delenv(name, raising=False)
+    assert read() in (10.0, 30.0)
+    monkeypatch.setenv(name, "2.5")
+    assert read() == 2.5
+    for bad in ("0", "-1", "301", "nan", "soon"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(SystemExit, match=name):
+            read()
 
 
 # -- the service under gunicorn ----------------------------------------------------------

@@ -37,6 +37,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
                static_folder="static", static_url_path="/static")
 csrf = CSRFProtect()
 log = logging.getLogger(__name__)
+bp.before_request(reject_nul_in_request)
 
 
 class AdminSessionInterface(SecureCookieSessionInterface):
@@ -52,7 +53,7 @@ class AdminSessionInterface(SecureCookieSessionInterface):
         if request.path != prefix and not request.path.startswith(prefix + "/"):
             return None  # Flask then uses its null session, which is never saved
         return super().open_session(app, request)
-bp.before_request(reject_nul_in_request)
+
 
 SIGNIN_LIMIT = 5
 SIGNIN_WINDOW = timedelta(minutes=5)
