@@ -3,8 +3,9 @@
 SQLite lets one writer in at a time and makes each waiting writer sleep and retry, so with
 many request threads the waits, not the work, decide the throughput; and with
 ``synchronous=FULL`` every commit is an fsync. Here request threads hand their delivery to this
-process's writer thread and wait. The writer takes every delivery waiting, stores each in its
-own savepoint (a refused one rolls back alone), commits once, and only then answers each
+process's writer thread and wait. The writer takes every delivery waiting, and once it holds
+the lock every delivery that arrived while it waited for it; it stores each in its own
+savepoint (a refused one rolls back alone), commits once, and only then answers each
 request. A request still answers only after its event is committed; nothing waits for a batch
 to fill: under light load a batch is one delivery.
 
@@ -102,12 +103,15 @@ class GroupCommitter:
                         return
                 continue
             batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self.jobs.get_nowait())
-                except queue.Empty:
-                    break
+            self._take_waiting(batch)
             self._commit(batch)
+
+    def _take_waiting(self, batch: list[tuple[Job, Future[events.Outcome]]]) -> None:
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self.jobs.get_nowait())
+            except queue.Empty:
+                return
 
     @contextmanager
     def _writer_lock(self) -> Iterator[None]:
@@ -169,6 +173,9 @@ class GroupCommitter:
                          BaseException | None]] = []
         try:
             with self._writer_lock():
+                # Deliveries that arrived while this process waited for its turn ride along:
+                # under contention batches grow, and each costs one lock and one fsync.
+                self._take_waiting(batch)
                 self._store(batch, done)
             self.batches += 1
             self.deliveries += len(batch)

@@ -459,3 +459,36 @@ def test_a_delivery_kept_waiting_by_a_lock_is_503_busy_and_nothing_is_lost(
         assert [e["eventType"] for e in events_of(client, conf)] == ["conference"]
     finally:
         db.database(app).engine.dispose()
+
+
+def test_deliveries_that_arrive_while_the_writer_waits_for_the_lock_share_its_commit(
+        app: Flask, client: FlaskClient, database_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app import groupcommit
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL commits each delivery in its own request")
+    committer = app.extensions[groupcommit.EXTENSION]
+    conf = create(client)
+    url = conf["callbackUrl"]
+    # The first delivery takes the writer to the lock, which another process holds; the
+    # others queue behind it meanwhile. Once the lock is free, one commit stores all eight.
+    with ThreadPoolExecutor(8) as pool, _lock_held_elsewhere(database_url, conf["conferenceId"]):
+        first = pool.submit(deliver, app.test_client(), url,
+                            ev.member(conf["conferenceId"], "m-0", "active", T0, active=1))
+        deadline = time.monotonic() + 5
+        while (committer.thread is None or committer.jobs.qsize()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the writer took the first delivery off the queue
+        batches = committer.batches
+        others = [pool.submit(deliver, app.test_client(), url,
+                              ev.member(conf["conferenceId"], f"m-{n}", "active", T0,
+                                        active=n + 1))
+                  for n in range(1, 8)]
+        while committer.jobs.qsize() < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert committer.jobs.qsize() == 7
+    assert [f.result().status_code for f in (first, *others)] == [204] * 8
+    assert committer.batches == batches + 1
+    assert len(view(client, conf)["members"]) == 8
