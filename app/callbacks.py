@@ -99,6 +99,7 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         "outcome": result, "event_id": outcome.event_id, "event_type": outcome.event_type,
         "channel": channel, "match": outcome.match, "conference": outcome.conference_pk}
     response = Response(status=204)
+    del response.headers["Content-Type"]  # no content, so no type (Flask's default is HTML)
     response.headers["X-Confhook-Event"] = (
         f"{outcome.event_id}; {'duplicate' if outcome.duplicate else 'stored'}; "
         f"{outcome.match}")
