@@ -14,6 +14,7 @@ every round.
     .venv/bin/python -m bench.ingest                                  # SQLite, POST
     .venv/bin/python -m bench.ingest --method GET --duplicates 30
     .venv/bin/python -m bench.ingest --database-url postgresql+psycopg://…/bench
+    .venv/bin/python -m bench.ingest --rounds 3 --seconds 10          # medians of 3 rounds
     .venv/bin/python -m bench.ingest --memory --events 100000
 
 Needs wrk (Debian: ``apt-get install wrk``).
@@ -27,12 +28,13 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,14 @@ def worker_rss(master_pid: int) -> list[int]:
     return sorted(sizes)
 
 
+def median(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each measurement over rounds; requests and errors added up."""
+    keys = ("rate", "p50_us", "p99_us")
+    summed = ("requests", "non2xx", "connect_errors", "read_errors", "timeouts")
+    return {**{k: statistics.median(r[k] for r in results) for k in keys},
+            **{k: sum(r[k] for r in results) for k in summed}}
+
+
 def row(name: str, result: dict[str, Any]) -> str:
     errors = result["non2xx"] + result["connect_errors"] + result["read_errors"] + \
         result["timeouts"]
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure the three servers in turn this many times; medians")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--method", choices=("POST", "GET"), default="POST")
@@ -139,21 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             "duplicates": args.duplicates}
     print(f"database: {url.split('@')[-1]}; {args.method}, {args.duplicates} % duplicates, "
           f"{args.conferences} conferences, {args.connections} connections, "
-          f"{args.seconds:g} s per measurement")
+          f"{args.seconds:g} s per measurement, {args.rounds} round(s)")
 
-    results = {}
-    if not args.memory:
-        plain = {k: v for k, v in os.environ.items() if not k.startswith("CONFHOOK_")}
-        with served("bench.baseline_app:app", free_port(), {**plain, **extra},
-                    work / "baseline.log") as base:
-            fake = [(f"/callbacks/callback/cf{i}/key", f"conf-{i}")
-                    for i in range(args.conferences)]
-            wrk(base, fake, seconds=args.warmup, run="warm", **load)
-            results["baseline"] = wrk(base, fake, seconds=args.seconds, run="b", **load)
-
+    names = {"baseline": "baseline (parse, 204)", "nostore": "confhook, storing left out",
+             "service": "confhook (store)"}
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     stack = Stack(free_port(), free_port(), url, secrets.token_urlsafe(32),
                   "bench-" + secrets.token_urlsafe(16), extra_env=extra, log_dir=work)
-    with running(stack):
+    with running(stack), ExitStack() as servers:
         conferences = []
         for _ in range(args.conferences):
             created = requests.post(f"{stack.service_url}/api/v1/conferences", timeout=15,
@@ -165,18 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         targets = [("/" + c["callbackUrl"].split("/", 3)[3], c["conferenceId"])
                    for c in conferences]
         run = secrets.token_hex(3)
-        if not args.memory:
-            # The same app and URLs (the same keys), answering without storing.
-            with served("bench.nostore_app:app", free_port(), stack.env(),
-                        work / "nostore.log") as nostore:
-                wrk(nostore, targets, seconds=args.warmup, run=f"{run}nw", **load)
-                results["nostore"] = wrk(nostore, targets, seconds=args.seconds,
-                                         run=f"{run}n", **load)
         answered = 0
-        warm = wrk(stack.service_url, targets, seconds=args.warmup, run=f"{run}w", **load)
-        answered += warm["requests"] - warm["non2xx"]
         master = stack.processes[-1].pid
         if args.memory:
+            warm = wrk(stack.service_url, targets, seconds=args.warmup, run=f"{run}w", **load)
+            answered += warm["requests"] - warm["non2xx"]
             print("| after events | RSS of each worker (MiB) |\n|---|---|")
             print(f"| {answered:,} | "
                   f"{', '.join(f'{kib / 1024:.1f}' for kib in worker_rss(master))} |")
@@ -190,9 +188,29 @@ def main(argv: list[str] | None = None) -> int:
                       f"{', '.join(f'{kib / 1024:.1f}' for kib in worker_rss(master))} |",
                       flush=True)
         else:
-            results["service"] = wrk(stack.service_url, targets, seconds=args.seconds,
-                                     run=f"{run}s", **load)
-            answered += results["service"]["requests"] - results["service"]["non2xx"]
+            # All three are up at once and measured in turn, round after round, so that the
+            # machine's moods fall on each alike. The baseline accepts any key; the app with
+            # the storing left out has the service's secret, so the same URLs verify there.
+            plain = {k: v for k, v in os.environ.items() if not k.startswith("CONFHOOK_")}
+            urls = {
+                "baseline": servers.enter_context(served(
+                    "bench.baseline_app:app", free_port(), {**plain, **extra},
+                    work / "baseline.log")),
+                "nostore": servers.enter_context(served(
+                    "bench.nostore_app:app", free_port(), stack.env(), work / "nostore.log")),
+                "service": stack.service_url,
+            }
+            for name, base_url in urls.items():
+                warm = wrk(base_url, targets, seconds=args.warmup, run=f"{run}{name}w", **load)
+                if name == "service":
+                    answered += warm["requests"] - warm["non2xx"]
+            for round_no in range(args.rounds):
+                for name, base_url in urls.items():
+                    result = wrk(base_url, targets, seconds=args.seconds,
+                                 run=f"{run}{name}{round_no}", **load)
+                    rounds[name].append(result)
+                    if name == "service":
+                        answered += result["requests"] - result["non2xx"]
         time.sleep(1)
         stored = distinct = 0
         for conference in conferences:
@@ -201,15 +219,19 @@ def main(argv: list[str] | None = None) -> int:
             stored += view["events"]["deliveries"] - 1  # less the emulator's "created"
             distinct += view["events"]["total"] - 1
 
-    if results:
+    if not args.memory:
         print("\n| server | events/s | p50 | p99 | requests | errors |\n|---|---|---|---|---|---|")
-        print(row("baseline (parse, 204)", results["baseline"]))
-        print(row("confhook, storing left out", results["nostore"]))
-        print(row("confhook (store)", results["service"]))
-        base_rate = results["baseline"]["rate"]
-        print(f"\nconfhook reaches {results['service']['rate'] / base_rate:.0%} of the "
-              f"baseline's throughput; without storing, its request path alone reaches "
-              f"{results['nostore']['rate'] / base_rate:.0%}")
+        for name, label in names.items():
+            print(row(label, median(rounds[name])))
+        shares = [(s["rate"] / b["rate"], n["rate"] / b["rate"]) for b, n, s in
+                  zip(rounds["baseline"], rounds["nostore"], rounds["service"], strict=True)]
+        if len(shares) > 1:
+            print(f"\n(medians of {len(shares)} rounds; shares by round: "
+                  + ", ".join(f"{a:.0%} / {b:.0%}" for a, b in shares) + ")")
+        share, alone = statistics.median(a for a, _ in shares), \
+            statistics.median(b for _, b in shares)
+        print(f"\nconfhook reaches {share:.0%} of the baseline's throughput; without storing, "
+              f"its request path alone reaches {alone:.0%}")
     # wrk counts only the answers it read before its time was up: the server may have stored
     # a few more (answered, but after wrk stopped reading). Fewer would be a loss.
     print(f"deliveries answered 2xx: {answered:,}; stored: {stored:,} "
