@@ -492,3 +492,48 @@ def test_deliveries_that_arrive_while_the_writer_waits_for_the_lock_share_its_co
     assert [f.result().status_code for f in (first, *others)] == [204] * 8
     assert committer.batches == batches + 1
     assert len(view(client, conf)["members"]) == 8
+
+
+def test_a_full_disk_is_503_loses_nothing_and_recovers_without_a_restart(
+        app: Flask, client: FlaskClient, database_url: str) -> None:
+    """SQLite's max_page_count makes the database "full" as a full disk would (SQLITE_FULL)."""
+    from sqlalchemy import event as sa_event
+
+    from app import groupcommit
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the page cap is SQLite's")
+    engine = db.database(app).engine
+    committer = app.extensions[groupcommit.EXTENSION]
+    conf = create(client)
+    with engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+    def cap(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages + 3}")
+
+    sa_event.listen(engine, "connect", cap)
+    engine.dispose()  # every connection from now on, the writer's too, has the cap
+    sent = [ev.media("speak", conf["conferenceId"], "started",
+                     f"2024-05-01T11:{n // 60:02d}:{n % 60:02d}.000Z") | {"note": "x" * 2000}
+            for n in range(40)]
+    answers = [deliver(client, conf["callbackUrl"], event) for event in sent]
+    statuses = [a.status_code for a in answers]
+    assert 204 in statuses and 503 in statuses, statuses
+    assert set(statuses) == {204, 503}
+    assert {a.get_json()["error"]["code"] for a in answers if a.status_code == 503} == {
+        "database_unavailable"}
+    stored_first = {e["eventTime"] for e in events_of(client, conf)
+                    if e["eventType"] == "conference-speak"}
+    acknowledged = {event["time"] for event, status in zip(sent, statuses, strict=True)
+                    if status == 204}
+    assert stored_first == acknowledged  # every 204 is stored, nothing else is
+
+    # Space comes back: the same process, its writer on the same connection, takes the retries.
+    sa_event.remove(engine, "connect", cap)
+    committer.connection.driver_connection.execute("PRAGMA max_page_count = 1073741823")
+    retried = [deliver(client, conf["callbackUrl"], event).status_code
+               for event, status in zip(sent, statuses, strict=True) if status == 503]
+    assert retried and set(retried) == {204}
+    speaks = [e for e in events_of(client, conf) if e["eventType"] == "conference-speak"]
+    assert sorted(e["eventTime"] for e in speaks) == sorted(e["time"] for e in sent)
