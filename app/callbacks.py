@@ -9,11 +9,13 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 from sqlalchemy.engine import make_url
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wrappers import Request
 
 from app import db, events, groupcommit, metrics
 from app.errors import APIError
 from app.keys import CHANNELS
 from app.payload import decode_json, is_json, single_values
+from app.prepared import Runner
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
 log = logging.getLogger(__name__)
@@ -21,31 +23,68 @@ log = logging.getLogger(__name__)
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-def read_fields() -> dict[str, Any]:
-    """Return the delivery's fields from the query string (GET) or the body (POST)."""
-    max_bytes = current_app.config["CONFHOOK_MAX_BODY_BYTES"]
-    if len(request.query_string) > max_bytes:
+def read_fields(req: Request, max_bytes: int) -> dict[str, Any]:
+    """Return the delivery's fields from the query string (GET) or the body (POST).
+
+    ``req`` is Flask's request, or a plain Werkzeug one on the fast path (``app/fastdelivery``).
+    """
+    if len(req.query_string) > max_bytes:
         raise APIError(414, "uri_too_long", f"query string over {max_bytes} bytes")
-    if request.method == "GET":
-        return single_values(request.args, "invalid_event")
-    mimetype = request.mimetype
-    if request.content_length is not None and request.content_length > max_bytes:
+    if req.method == "GET":
+        return single_values(req.args, "invalid_event")
+    mimetype = req.mimetype
+    if req.content_length is not None and req.content_length > max_bytes:
         raise APIError(413, "payload_too_large", f"body over {max_bytes} bytes")
     try:
-        raw = request.get_data(cache=True)
+        raw = req.get_data(cache=True)
     except RequestEntityTooLarge:
         raise APIError(413, "payload_too_large", f"body over {max_bytes} bytes") from None
     if len(raw) > max_bytes:
         raise APIError(413, "payload_too_large", f"body over {max_bytes} bytes")
-    if not raw and request.args:
+    if not raw and req.args:
         # A POST with its fields in the query string: take them as a GET would be taken.
-        return single_values(request.args, "invalid_event")
+        return single_values(req.args, "invalid_event")
     if is_json(mimetype):
         return decode_json(raw)  # type: ignore[no-any-return]
     if mimetype == FORM_TYPE:
-        return single_values(request.form, "invalid_event")
+        return single_values(req.form, "invalid_event")
     raise APIError(415, "unsupported_media_type",
                    "send application/json or application/x-www-form-urlencoded")
+
+
+def store(subject: str, channel: str, method: str, event: events.Parsed) -> events.Outcome:
+    """Store one parsed, authenticated delivery; return its outcome once committed.
+
+    In an app context. On SQLite the process's writer commits it with whatever else is
+    waiting (``app/groupcommit.py``); on PostgreSQL this request's own transaction does.
+    Raises :class:`events.Rejected` for an event that must not be stored (nothing is).
+    """
+    committer = current_app.extensions.get(groupcommit.EXTENSION)
+    if committer is not None:
+        wait_s = current_app.config["CONFHOOK_DELIVERY_WAIT_MS"] / 1000
+        return committer.receive(groupcommit.Job(subject, channel, method, event), wait_s)
+    session = db.write_session()
+    run = Runner.of(session)
+    try:
+        outcome = events.record(run, subject=subject, channel=channel, method=method,
+                                event=event)
+    except events.Rejected:
+        session.rollback()
+        raise
+    finally:
+        run.close()
+    session.commit()
+    return outcome
+
+
+def busy_error() -> APIError:
+    """The answer when the writer did not take a delivery within CONFHOOK_DELIVERY_WAIT_MS."""
+    # It may still be stored; a retry of it would then count as a duplicate.
+    return APIError(503, "database_busy", "the database did not take the event in time; "
+                    "retry later", headers={"Retry-After": "5"})
+
+
+ROUTE = "/callbacks/<channel>/<subject>/<key>"
 
 
 @bp.route("/<channel>/<subject>/<key>", methods=["GET", "POST"])
@@ -54,28 +93,14 @@ def deliver(channel: str, subject: str, key: str) -> Response:
         raise APIError(404, "not_found", "no such callback URL")
     secrets = [current_app.config["CONFHOOK_SECRET_KEY"],
                *current_app.config["CONFHOOK_OLD_SECRET_KEYS"]]
-    session = None
     fields: Any = None
     try:
         events.authenticate(secrets, subject, key)
-        fields = read_fields()
-        committer = current_app.extensions.get(groupcommit.EXTENSION)
-        if committer is not None:
-            outcome = committer.receive(
-                groupcommit.Job(subject, channel, request.method, events.parse(fields)),
-                current_app.config["CONFHOOK_DELIVERY_WAIT_MS"] / 1000)
-        else:
-            session = db.write_session()
-            outcome = events.receive(session, subject=subject, channel=channel,
-                                     method=request.method, fields=fields)
-            session.commit()
+        fields = read_fields(request, current_app.config["CONFHOOK_MAX_BODY_BYTES"])
+        outcome = store(subject, channel, request.method, events.parse(fields))
     except FuturesTimeout:
-        # It may still be stored; a retry of it would then count as a duplicate.
-        raise APIError(503, "database_busy", "the database did not take the event in time; "
-                       "retry later", headers={"Retry-After": "5"}) from None
+        raise busy_error() from None
     except (events.Rejected, APIError) as exc:
-        if session is not None:
-            session.rollback()
         reason = exc.reason if isinstance(exc, events.Rejected) else exc.code
         counter = current_app.extensions[REJECTIONS]
         counter.add(reason)
@@ -92,18 +117,22 @@ def deliver(channel: str, subject: str, key: str) -> Response:
             code = "unauthorized" if exc.status == 401 else "invalid_event"
             raise APIError(exc.status, code, str(exc), exc.details) from None
         raise
-    result = "duplicate" if outcome.duplicate else "stored"
-    metrics.delivery(outcome.event_type, channel, request.method, result)
     # The request's own log line carries the delivery (app/logs.py): one line, not two.
-    g.delivery = {
-        "outcome": result, "event_id": outcome.event_id, "event_type": outcome.event_type,
-        "channel": channel, "match": outcome.match, "conference": outcome.conference_pk}
+    g.delivery, header = delivered(outcome, channel, request.method)
     response = Response(status=204)
     del response.headers["Content-Type"]  # no content, so no type (Flask's default is HTML)
-    response.headers["X-Confhook-Event"] = (
-        f"{outcome.event_id}; {'duplicate' if outcome.duplicate else 'stored'}; "
-        f"{outcome.match}")
+    response.headers["X-Confhook-Event"] = header
     return response
+
+
+def delivered(outcome: events.Outcome, channel: str, method: str) -> tuple[dict[str, Any], str]:
+    """Count a stored (or duplicate) delivery; return its log fields and X-Confhook-Event."""
+    result = "duplicate" if outcome.duplicate else "stored"
+    metrics.delivery(outcome.event_type, channel, method, result)
+    fields = {"outcome": result, "event_id": outcome.event_id,
+              "event_type": outcome.event_type, "channel": channel, "match": outcome.match,
+              "conference": outcome.conference_pk}
+    return fields, f"{outcome.event_id}; {result}; {outcome.match}"
 
 
 REJECTIONS = "confhook.rejections"
@@ -118,6 +147,10 @@ def init_app(app: Flask) -> None:
         app.extensions[groupcommit.EXTENSION] = groupcommit.GroupCommitter(
             db.database(app).engine, f"{path}-writer.lock" if path else None)
     app.register_blueprint(bp)
+    # Well-formed deliveries are served beneath Flask, the rest by the route above.
+    from app.fastdelivery import FastDeliveries
+
+    app.wsgi_app = FastDeliveries(app, app.wsgi_app)  # type: ignore[method-assign]
 
 
 _DELIVERY_ANSWERS = {

@@ -85,16 +85,7 @@ def register_errorhandlers(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)
     def _database_error(exc: DBAPIError) -> Response:
-        # Senders treat a 4xx as final, so our own failure must never look like one: a 503
-        # with Retry-After makes the provider retry or fall back.
-        if _is_lock_wait(exc):
-            log.warning("database busy: a lock was not granted in time")
-            return error_response(503, "database_busy", "the database is busy (locked); "
-                                  "retry later", headers={"Retry-After": "5"})
-        log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
-        return error_response(503, "database_unavailable",
-                              "the database is unavailable; retry later",
-                              headers={"Retry-After": "5"})
+        return database_error_response(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
@@ -102,6 +93,22 @@ def register_errorhandlers(app: Flask) -> None:
         if _is_admin_page():
             return _admin_page(500, "Internal error", "Something went wrong; it is logged.")
         return error_response(500, "internal_error", "internal error")
+
+
+def database_error_response(exc: DBAPIError) -> Response:
+    """The answer to a database failure (in an app context): a 503, never a 4xx or a 500.
+
+    Senders treat a 4xx as final, so our own failure must never look like one: a 503 with
+    Retry-After makes the provider retry or fall back.
+    """
+    if _is_lock_wait(exc):
+        log.warning("database busy: a lock was not granted in time")
+        return error_response(503, "database_busy", "the database is busy (locked); "
+                              "retry later", headers={"Retry-After": "5"})
+    log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
+    return error_response(503, "database_unavailable",
+                          "the database is unavailable; retry later",
+                          headers={"Retry-After": "5"})
 
 
 def _is_lock_wait(exc: DBAPIError) -> bool:
