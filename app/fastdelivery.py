@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.wrappers import Request
 
 from app import callbacks, errors, events, logs
-from app.errors import APIError, database_error_response, error_response
+from app.errors import database_error_response, error_response
 from app.keys import CHANNELS
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -61,10 +61,16 @@ class FastDeliveries:
         if method == "POST":
             length = environ.get("CONTENT_LENGTH", "")
             max_bytes = self.app.config["CONFHOOK_MAX_BODY_BYTES"]
-            if not length.isdigit() or int(length) > max_bytes:
+            if not (length.isascii() and length.isdigit()) or int(length) > max_bytes:
                 return self.inner(environ, start_response)
             # Read once, and keep the bytes where Flask would read them if it answers.
-            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
+            try:
+                body = environ["wsgi.input"].read(int(length))
+            except Exception:
+                # The client went away, or the server could not read: Flask says so (400).
+                environ["wsgi.input"] = io.BytesIO(b"")
+                return self.inner(environ, start_response)
+            environ["wsgi.input"] = io.BytesIO(body)
         return self._deliver(environ, start_response, method, parts[2], parts[3], parts[4])
 
     def _deliver(self, environ: dict[str, Any], start_response: StartResponse, method: str,
@@ -76,7 +82,9 @@ class FastDeliveries:
             events.authenticate([config["CONFHOOK_SECRET_KEY"],
                                  *config["CONFHOOK_OLD_SECRET_KEYS"]], subject, key)
             event = events.parse(callbacks.read_fields(req, config["CONFHOOK_MAX_BODY_BYTES"]))
-        except (events.Rejected, APIError):
+        except Exception:
+            # Refused (a bad key, a malformed or invalid event, a body cut short), or
+            # anything unforeseen: nothing is stored yet, and the route answers it as always.
             return self._to_flask(environ, start_response)
         request_id = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         log_path = logs.redacted_path(environ["PATH_INFO"])

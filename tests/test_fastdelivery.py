@@ -6,6 +6,7 @@ WSGI app beneath the fast path), and compares what came back, what was logged an
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
@@ -193,3 +194,29 @@ def test_an_unexpected_error_while_storing_is_a_logged_500_json(
     assert response.get_json() == {"error": {"code": "internal_error",
                                              "message": "internal error"}}
     assert "unhandled error" in caplog.text and "boom" in caplog.text
+
+
+class _Unreadable:
+    def read(self, *_args: Any) -> bytes:
+        raise OSError("connection reset by peer")
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "+12", " 12", "12.0", "-1", "1e3", "\u0661\u0662"])
+def test_odd_content_lengths_and_unreadable_bodies_are_the_routes_to_answer(
+        app: Flask, client: FlaskClient, length: str) -> None:
+    conf = create(client)
+    url = path_of(conf["callbackUrl"])
+    before = fast(app).served
+    response = client.post(url, data=b"{}", content_type="application/json",
+                           environ_overrides={"CONTENT_LENGTH": length})
+    assert response.status_code < 500, (length, response.status_code)
+    assert response.is_json and "error" in response.get_json()
+    # A body that cannot be read (a client gone mid-request) is a 400, not a 500.
+    cut = client.post(url, data=b"{}", content_type="application/json",
+                      environ_overrides={"wsgi.input": _Unreadable()})
+    assert cut.status_code == 400 and cut.get_json()["error"]["code"]
+    short = client.post(url, data=b"{}", content_type="application/json",
+                        environ_overrides={"wsgi.input": io.BytesIO(b'{"eventType'),
+                                           "CONTENT_LENGTH": "40"})
+    assert short.status_code == 400 and short.get_json()["error"]["code"]
+    assert fast(app).served == before
