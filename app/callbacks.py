@@ -11,11 +11,10 @@ from sqlalchemy.engine import make_url
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
-from app import db, events, groupcommit, metrics
+from app import db, deliveryconn, events, groupcommit, metrics
 from app.errors import APIError
 from app.keys import CHANNELS
 from app.payload import decode_json, is_json, single_values
-from app.prepared import Runner
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
 log = logging.getLogger(__name__)
@@ -56,25 +55,18 @@ def store(subject: str, channel: str, method: str, event: events.Parsed) -> even
     """Store one parsed, authenticated delivery; return its outcome once committed.
 
     In an app context. On SQLite the process's writer commits it with whatever else is
-    waiting (``app/groupcommit.py``); on PostgreSQL this request's own transaction does.
-    Raises :class:`events.Rejected` for an event that must not be stored (nothing is).
+    waiting (``app/groupcommit.py``); on PostgreSQL this thread's own connection does, in a
+    transaction of its own (``app/deliveryconn.py``). Raises :class:`events.Rejected` for an
+    event that must not be stored (nothing is).
     """
     committer = current_app.extensions.get(groupcommit.EXTENSION)
     if committer is not None:
         wait_s = current_app.config["CONFHOOK_DELIVERY_WAIT_MS"] / 1000
         return committer.receive(groupcommit.Job(subject, channel, method, event), wait_s)
-    session = db.write_session()
-    run = Runner.of(session)
-    try:
-        outcome = events.record(run, subject=subject, channel=channel, method=method,
-                                event=event)
-    except events.Rejected:
-        session.rollback()
-        raise
-    finally:
-        run.close()
-    session.commit()
-    return outcome
+    connections: deliveryconn.DeliveryConnections = current_app.extensions[
+        deliveryconn.EXTENSION]
+    return connections.run(lambda run: events.record(
+        run, subject=subject, channel=channel, method=method, event=event))
 
 
 def busy_error() -> APIError:
@@ -146,6 +138,13 @@ def init_app(app: Flask) -> None:
         path = url.database if url.database not in (None, "", ":memory:") else None
         app.extensions[groupcommit.EXTENSION] = groupcommit.GroupCommitter(
             db.database(app).engine, f"{path}-writer.lock" if path else None)
+    else:
+        engine = db.make_engine(app.config["DATABASE_URL"],
+                                lock_timeout_ms=app.config["CONFHOOK_DELIVERY_WAIT_MS"],
+                                pool_pre_ping=False, pool_use_lifo=True,
+                                pool_timeout=app.config["CONFHOOK_DELIVERY_WAIT_MS"] / 1000)
+        app.extensions[deliveryconn.EXTENSION] = deliveryconn.DeliveryConnections(
+            engine, db.database(app).engine)
     app.register_blueprint(bp)
     # Well-formed deliveries are served beneath Flask, the rest by the route above.
     from app.fastdelivery import FastDeliveries

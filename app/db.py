@@ -27,7 +27,7 @@ _EXT = "confhook.db"
 
 
 def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int = 10_000,
-                lock_timeout_ms: int = 10_000) -> Engine:
+                lock_timeout_ms: int = 10_000, **pg_options: Any) -> Engine:
     """Create the engine; for SQLite, set WAL and the durability level on every connection.
 
     On PostgreSQL every connection waits at most ``lock_timeout_ms`` for a lock (a row another
@@ -35,7 +35,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int
     is still waiting for an answer, rather than holding a thread for as long as the lock lasts.
     """
     if not url.startswith("sqlite"):
-        pg_engine = create_engine(url, pool_pre_ping=True)
+        pg_engine = create_engine(url, **({"pool_pre_ping": True} | pg_options))
 
         @event.listens_for(pg_engine, "connect")
         def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
