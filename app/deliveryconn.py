@@ -5,7 +5,7 @@ is no group commit there). Through a Session on the app's engine, each delivery 
 the pool's ping at checkout (one more round trip to the server) and for the Session's
 bookkeeping. Here the same statements (``app/prepared.py``) run in one transaction on a
 connection of a pool kept for deliveries (most recently used first, so a few stay warm):
-about a fifth more deliveries a second (bench/README.md).
+a fifth to a third more deliveries a second (bench/README.md).
 
 Without the ping, a connection may be dead when taken (the server restarted, a firewall cut
 it while idle). So one that has been idle for ``IDLE_PING_S`` is pinged before use, and
