@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,13 @@ def register_errorhandlers(app: Flask) -> None:
     @app.errorhandler(DBAPIError)
     def _database_error(exc: DBAPIError) -> Response:
         return database_error_response(exc)
+
+    @app.errorhandler(PoolTimeout)
+    def _no_connection(_exc: PoolTimeout) -> Response:
+        # Every connection of the pool busy for its whole timeout: busy, not broken.
+        log.warning("database busy: no connection free in the pool")
+        return error_response(503, "database_busy", "the database is busy; retry later",
+                              headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:

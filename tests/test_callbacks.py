@@ -386,6 +386,25 @@ def test_database_outage_is_503_with_retry_after_never_a_4xx(env: dict[str, str]
         db.database(broken).engine.dispose()
 
 
+def test_an_exhausted_connection_pool_is_503_busy_not_500(app: Flask, client: FlaskClient
+                                                           ) -> None:
+    from sqlalchemy.pool import QueuePool
+
+    engine = db.database(app).engine
+    # A pool of one connection that waits 0.2 s for it; the test holds that one.
+    engine.pool = QueuePool(engine.pool._creator, pool_size=1, max_overflow=0, timeout=0.2,
+                            dialect=engine.dialect)
+    held = engine.raw_connection()
+    try:
+        response = client.get("/api/v1/conferences", headers=AUTH)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"]
+        assert response.get_json()["error"]["code"] == "database_busy"
+    finally:
+        held.close()
+    assert client.get("/api/v1/conferences", headers=AUTH).status_code == 200
+
+
 def test_a_flood_of_refused_deliveries_is_counted_in_few_writes(env: dict[str, str]) -> None:
     from sqlalchemy import event as sa_event
 
