@@ -26,6 +26,28 @@ class Base(DeclarativeBase):
 _EXT = "confhook.db"
 
 
+def read_only_connection(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says that this connection cannot write, though a new one could.
+
+    SQLite opens a file it may not write read-only, without an error, and that connection
+    stays read-only after the file is writable again (SQLITE_READONLY and its extended codes,
+    which also cover a file moved or replaced beneath the connection). PostgreSQL refuses
+    writes on a standby, as the old primary is after a failover (SQLSTATE 25006). Such a
+    connection is discarded as a lost one is, so that the next is opened afresh.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == 8:  # SQLITE_READONLY
+        return True
+    return getattr(exc, "sqlstate", None) == "25006"  # read_only_sql_transaction
+
+
+def _discard_read_only_connections(engine: Engine) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if read_only_connection(context.original_exception):
+            context.is_disconnect = True  # SQLAlchemy invalidates it, and the pool
+
+
 def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int = 10_000,
                 lock_timeout_ms: int = 10_000, **pg_options: Any) -> Engine:
     """Create the engine; for SQLite, set WAL and the durability level on every connection.
@@ -44,6 +66,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int
             cur.close()
             dbapi_conn.commit()  # outside any transaction the pool later rolls back
 
+        _discard_read_only_connections(pg_engine)
         return pg_engine
     # A writer waits up to busy_timeout_ms (10 s) for SQLite's lock, then the request is a
     # 503: well within gunicorn's worker timeout, and the provider retries.
@@ -67,6 +90,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int
         write = conn.get_execution_options().get("confhook_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
+    _discard_read_only_connections(engine)
     return engine
 
 

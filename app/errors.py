@@ -113,7 +113,12 @@ def database_error_response(exc: DBAPIError) -> Response:
         log.warning("database busy: a lock was not granted in time")
         return error_response(503, "database_busy", "the database is busy (locked); "
                               "retry later", headers={"Retry-After": "5"})
-    log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
+    # The driver's name for the failure (SQLITE_IOERR_WRITE, SQLITE_READONLY, SQLSTATE 57P01)
+    # tells an operator what to look at; its message might quote data, so it stays out.
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    log.error("database unavailable: %s%s", type(orig).__name__ if orig else exc,
+              f" ({code})" if code else "")
     return error_response(503, "database_unavailable",
                           "the database is unavailable; retry later",
                           headers={"Retry-After": "5"})

@@ -152,6 +152,11 @@ class GroupCommitter:
                     outcome = events.record(run, subject=job.subject, channel=job.channel,
                                             method=job.method, event=job.event)
                 except (events.Rejected, DBAPIError) as exc:
+                    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                        # Not this delivery's fault but the connection's (lost, or opened
+                        # read-only while the file was unwritable): the batch fails, and
+                        # the next one gets a new connection.
+                        raise
                     run.driver_sql("ROLLBACK TO delivery")
                     run.driver_sql("RELEASE delivery")
                     done.append((future, None, exc))
@@ -159,11 +164,15 @@ class GroupCommitter:
                 run.driver_sql("RELEASE delivery")
                 done.append((future, outcome, None))
             run.driver_sql("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             done.clear()
             connection, self.connection = self.connection, None
             with contextlib.suppress(Exception):
                 connection.invalidate()  # rolls back what this batch did, if anything
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                # The pool's other connections were opened alike (while the file was
+                # unwritable, say): new ones for all, as SQLAlchemy does on a disconnect.
+                self.engine.dispose()
             raise
         finally:
             run.close()

@@ -11,7 +11,8 @@ SQLAlchemy would send.
 
 What it gives up, on purpose: result processing (the statements here return plain integers
 and strings), and SQLAlchemy's events. Errors are raised as SQLAlchemy's ``DBAPIError``
-subclasses, as ``Session.execute`` would, and a lost connection is invalidated the same way.
+subclasses, as ``Session.execute`` would, and a lost connection is invalidated the same way
+(a read-only one too, as the engines of ``app/db.py`` do).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.schema import ColumnDefault
+
+from app.db import read_only_connection
 
 _MISSING = object()
 
@@ -128,7 +131,8 @@ class Runner:
             raise self._translate(exc, sql, ()) from exc
 
     def _translate(self, exc: Exception, sql: str, args: Any) -> DBAPIError:
-        disconnect = self.dialect.is_disconnect(exc, self.dbapi_connection, self.cursor)
+        disconnect = (self.dialect.is_disconnect(exc, self.dbapi_connection, self.cursor)
+                      or read_only_connection(exc))
         if disconnect and self.connection is not None:
             self.connection.invalidate(exc)
         return DBAPIError.instance(sql, args, exc, self.dialect.loaded_dbapi.Error,

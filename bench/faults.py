@@ -17,12 +17,16 @@ service must answer 503 (never a 2xx for what it did not store) while the databa
 and store again once it is back, without a restart. With ``--lock-database SECONDS`` (SQLite)
 another process holds the database's write lock that long (``BEGIN EXCLUSIVE``), as a backup
 or a stray ``sqlite3`` shell would: deliveries wait up to ``--busy-timeout-ms``, then get 503.
+With ``--unwritable SECONDS`` (SQLite) the database's files become unwritable that long, even
+to root (``chattr +i``, as a read-only remount or a full disk would make them): every write
+fails, so deliveries must get 503, and be stored again once the files are writable.
 
     .venv/bin/python -m bench.faults                           # SQLite
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults \
         --stop-database "pg_ctl -D DATA stop -m fast" --start-database "pg_ctl -D DATA start"
     .venv/bin/python -m bench.faults --lock-database 5 --busy-timeout-ms 1000
+    .venv/bin/python -m bench.faults --unwritable 3                  # needs root and chattr
 """
 
 from __future__ import annotations
@@ -64,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-database", type=float, metavar="SECONDS",
                         help="instead of killing workers: hold SQLite's write lock from "
                              "another process this long, once, mid-run")
+    parser.add_argument("--unwritable", type=float, metavar="SECONDS",
+                        help="instead of killing workers: make SQLite's database files "
+                             "immutable (chattr +i, needs root) this long, once, mid-run")
     parser.add_argument("--busy-timeout-ms", default="",
                         help="CONFHOOK_SQLITE_BUSY_TIMEOUT_MS (default: the service's)")
     args = parser.parse_args(argv)
-    if args.lock_database and args.database_url:
-        parser.error("--lock-database is for SQLite")
+    if (args.lock_database or args.unwritable) and args.database_url:
+        parser.error("--lock-database and --unwritable are for SQLite")
 
     work = Path(tempfile.mkdtemp(prefix="confhook-faults-"))
     url = args.database_url or f"sqlite:///{work / 'faults.db'}"
@@ -123,6 +130,22 @@ def main(argv: list[str] | None = None) -> int:
             holder.close()
             outages.append(time.monotonic() - began)
 
+        def unwritable() -> None:
+            while sum(statuses.values()) < args.events // 5:
+                if stop.wait(0.01):
+                    return
+            # The database and its write-ahead log. (Not the -shm index: SQLite maps it into
+            # memory, and an immutable mapped file kills the process with SIGBUS, which no
+            # disk does: SQLite allocates that file's pages before mapping them.)
+            files = [str(work / name) for name in ("faults.db", "faults.db-wal")]
+            subprocess.run(["chattr", "+i", *files], check=True)
+            began = time.monotonic()
+            try:
+                stop.wait(args.unwritable)
+            finally:
+                subprocess.run(["chattr", "-i", *files], check=True)
+            outages.append(time.monotonic() - began)
+
         def killer() -> None:
             nonlocal kills
             if args.stop_database:
@@ -130,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                 return
             if args.lock_database:
                 lock()
+                return
+            if args.unwritable:
+                unwritable()
                 return
             while not stop.wait(args.kill_every):
                 pids = worker_pids(master)
@@ -165,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         if outages:
             during = (f"another process held the database's lock for {outages[0]:.1f} s"
                       if args.lock_database else
+                      f"the database's files were unwritable for {outages[0]:.1f} s"
+                      if args.unwritable else
                       f"the database was down for {outages[0]:.1f} s")
         else:
             during = f"{kills} workers were killed"

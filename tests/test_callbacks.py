@@ -556,3 +556,66 @@ def test_a_full_disk_is_503_loses_nothing_and_recovers_without_a_restart(
     assert retried and set(retried) == {204}
     speaks = [e for e in events_of(client, conf) if e["eventType"] == "conference-speak"]
     assert sorted(e["eventTime"] for e in speaks) == sorted(e["time"] for e in sent)
+
+
+def test_connections_opened_read_only_are_replaced_once_writes_work_again(
+        app: Flask, client: FlaskClient, database_url: str) -> None:
+    """A connection opened while the database refused writes stays read-only: never kept.
+
+    SQLite opens a file it may not write read-only, without an error (as ``mode=ro`` does
+    here), and a PostgreSQL primary turned standby by a failover refuses writes the same way
+    (a read-only default transaction here). Every connection opened during the "outage" is
+    so; once it is over, the writes must go to new connections, with no restart.
+    """
+    from sqlalchemy import event as sa_event
+
+    from app import deliveryconn
+
+    engines = [db.database(app).engine]
+    if deliveryconn.EXTENSION in app.extensions:
+        engines.append(app.extensions[deliveryconn.EXTENSION].engine)
+    conf = create(client)
+
+    def open_read_only(_dialect: Any, _record: Any, cargs: list[Any],
+                       cparams: dict[str, Any]) -> None:
+        cargs[0] = f"file:{cargs[0]}?mode=ro"
+        cparams["uri"] = True
+
+    def read_only_default(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET default_transaction_read_only = on")
+        dbapi_conn.commit()
+
+    outage = (("do_connect", open_read_only) if database_url.startswith("sqlite")
+              else ("connect", read_only_default))
+
+    def send(n: int) -> Any:
+        return deliver(client, conf["callbackUrl"], ev.media(
+            "speak", conf["conferenceId"], "started", f"2024-05-01T11:00:{n:02d}.000Z"))
+
+    for engine in engines:
+        sa_event.listen(engine, *outage)
+    try:
+        engines[0].dispose()  # every connection from now on is read-only, the writer's too
+        during = [send(n) for n in range(3)]
+        assert [a.status_code for a in during] == [503] * 3
+        assert {a.get_json()["error"]["code"] for a in during} == {"database_unavailable"}
+        assert client.get("/api/v1/conferences", headers=AUTH).status_code == 200  # reads do
+        held = [engine.raw_connection() for engine in engines for _ in range(3)]
+        for connection in held:
+            connection.close()  # back to the pools: read-only connections to be reused
+    finally:
+        for engine in engines:
+            sa_event.remove(engine, *outage)
+    # Writable again: the read-only connections still in the pools are discarded at their
+    # first refused write, by the API's sessions and by the deliveries (the SQLite writer's
+    # own connection too).
+    created = [client.post("/api/v1/conferences", json={"from": "+19195551212"},
+                           headers=AUTH).status_code for _ in range(3)]
+    assert created.count(503) <= 1 and created[-2:] == [201] * 2, created
+    for connection in [engine.raw_connection() for engine in engines for _ in range(3)]:
+        connection.close()
+    after = [send(n).status_code for n in range(3, 9)]
+    assert after.count(503) <= 1 and after[-5:] == [204] * 5, after
+    stored = [e for e in events_of(client, conf) if e["eventType"] == "conference-speak"]
+    assert len(stored) == after.count(204)

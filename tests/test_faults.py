@@ -1,4 +1,5 @@
 """Workers killed with SIGKILL while deliveries flow: nothing answered 2xx is lost.
+Likewise while SQLite's database is locked by another process, or its files are unwritable.
 
 A short run of ``bench/faults.py`` (the full run is in bench/README.md): the service under
 gunicorn with three workers, a worker killed every 0.4 s, every acknowledged delivery checked
@@ -6,6 +7,11 @@ in the database, the rest retried as the provider would, each event stored exact
 """
 
 from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +52,34 @@ def test_sqlite_locked_by_another_process_is_503_then_recovers(
     assert "held the database's lock" in out
     refused = int(out.split(" of them 503")[0].rsplit("(", 1)[1])
     assert refused > 0, out  # while locked: 503s, never a 2xx for what was not stored
+
+
+def _immutable_files_supported() -> bool:
+    """``chattr +i`` needs root (CAP_LINUX_IMMUTABLE) and a file system that has it."""
+    probe = Path(tempfile.mkdtemp(prefix="confhook-chattr-")) / "probe"
+    probe.write_bytes(b"")
+    try:
+        subprocess.run(["chattr", "+i", str(probe)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    subprocess.run(["chattr", "-i", str(probe)], check=True, capture_output=True)
+    shutil.rmtree(probe.parent)
+    return True
+
+
+def test_sqlite_files_unwritable_is_503_then_recovers(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import POSTGRES_URL
+
+    if POSTGRES_URL:
+        pytest.skip("a SQLite fault: the suite runs on PostgreSQL")
+    if not _immutable_files_supported():
+        pytest.skip("chattr +i is not available here (needs root and ext4 or the like)")
+    # The database and its log are immutable for 1.5 s: every write fails (even as root), and
+    # connections opened meanwhile are read-only. Then the same service must store again.
+    status = faults.main(["--events", "300", "--senders", "8", "--unwritable", "1.5"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "files were unwritable" in out
+    refused = int(out.split(" of them 503")[0].rsplit("(", 1)[1])
+    assert refused > 0, out  # while unwritable: 503s, never a 2xx for what was not stored
