@@ -430,10 +430,15 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
         run.close()
 
 
+# Parts of the statements below: built once, not per delivery (only a statement's first use
+# compiles it).
+_THIS = _CONF.c.id == bindparam("pk")
+_AT = bindparam("at", type_=_CONF.c.last_event_at.type)
+_CREATED = bindparam("created", type_=_CONF.c.created_time.type)
+
+
 def _apply(run: Runner, conference_pk: str, event: Parsed, at: datetime) -> None:
-    conf = _CONF
-    this = conf.c.id == bindparam("pk")
-    at_ = bindparam("at", type_=conf.c.last_event_at.type)
+    conf, this, at_ = _CONF, _THIS, _AT
     params: dict[str, Any] = {"pk": conference_pk, "at": at}
     if event.event_type == "conference-member":
         # One statement for the conference's part of a member event (the most common kind).
@@ -447,7 +452,7 @@ def _apply(run: Runner, conference_pk: str, event: Parsed, at: datetime) -> None
         last_event_at=_later(conf.c.last_event_at, at_))), params)
 
     if event.event_type == "conference":
-        created_ = bindparam("created", type_=conf.c.created_time.type)
+        created_ = _CREATED
         if event.status == "created":
             created = parse_time(event.payload.get("createdTime"), "createdTime") or at
             run.execute(run.prepared(("conf-created-time",), lambda: update(conf).where(this)

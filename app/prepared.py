@@ -33,7 +33,7 @@ _MISSING = object()
 class Prepared:
     """One statement compiled for one dialect."""
 
-    __slots__ = ("binds", "positional", "sql")
+    __slots__ = ("binds", "order", "positional", "sql")
 
     def __init__(self, stmt: Any, dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
@@ -54,8 +54,14 @@ class Prepared:
             if generator is None or not (generator.is_callable or generator.is_scalar):
                 raise ValueError(f"cannot compute the default of {column}")
             computed[column.key] = generator
-        binds = []
+        # One entry per distinct name: a name used several times (``:at`` in five places of
+        # one UPDATE) is converted once, and SQLite's positional parameters repeat it.
+        binds: list[tuple[str, str, Any, Any]] = []
+        index: dict[str, int] = {}
         for name in names:
+            if name in index:
+                continue
+            index[name] = len(binds)
             bind = compiled.binds[name]
             if name in computed:
                 binds.append((name, escaped.get(name, name), computed[name],
@@ -66,6 +72,9 @@ class Prepared:
             default = _MISSING if bind.required or bind.callable is not None else bind.value
             binds.append((name, escaped.get(name, name), default, processors.get(name)))
         self.binds = tuple(binds)
+        # Positional: the distinct values in the statement's order, where names repeat.
+        order = tuple(index[name] for name in names)
+        self.order = order if self.positional and order != tuple(range(len(binds))) else None
 
     def parameters(self, params: dict[str, Any]) -> Any:
         values = []
@@ -80,7 +89,7 @@ class Prepared:
             values.append(processor(value) if processor is not None and value is not None
                           else value)
         if self.positional:
-            return values
+            return values if self.order is None else [values[i] for i in self.order]
         return {escaped: value for (_n, escaped, _d, _p), value in zip(self.binds, values,
                                                                         strict=True)}
 

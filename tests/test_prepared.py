@@ -69,3 +69,32 @@ def test_missing_parameters_and_in_lists_are_refused() -> None:
         Prepared(stmt, sqlite.dialect()).parameters({})
     with pytest.raises(ValueError, match="expanding"):
         Prepared(select(CONF.c.id).where(CONF.c.state.in_(("a", "b"))), sqlite.dialect())
+
+
+def test_a_name_used_several_times_is_converted_once_and_bound_everywhere() -> None:
+    from sqlalchemy import case
+    from sqlalchemy.dialects import postgresql
+
+    at = bindparam("at", type_=CONF.c.last_event_at.type)
+    stmt = update(CONF).where(CONF.c.id == bindparam("pk")).values(
+        last_event_at=case((CONF.c.last_event_at < at, at), else_=CONF.c.last_event_at),
+        active_members_at=at, state="active")
+    when = datetime(2024, 5, 1, 10, 0, 0, 5)
+    for dialect in (sqlite.dialect(), postgresql.psycopg.dialect()):
+        compiled = stmt.compile(dialect=dialect)
+        prepared = Prepared(stmt, dialect)
+        got = prepared.parameters({"pk": "p", "at": when})
+        # What SQLAlchemy itself would send, the computed updated_at aside.
+        expected = compiled.construct_params({"pk": "p", "at": when})
+        processors = compiled._bind_processors
+        if compiled.positional:
+            assert compiled.positiontup.count("at") == 3
+            names = compiled.positiontup
+            assert len(got) == len(names)
+            for name, value in zip(names, got, strict=True):
+                if name != "updated_at":
+                    want = expected[name]
+                    assert value == (processors[name](want) if name in processors else want)
+        else:
+            assert {k: v for k, v in got.items() if k != "updated_at"} == {
+                k: v for k, v in expected.items() if k != "updated_at"}
