@@ -41,6 +41,16 @@ def read_only_connection(exc: BaseException | None) -> bool:
     return getattr(exc, "sqlstate", None) == "25006"  # read_only_sql_transaction
 
 
+def error_name(exc: BaseException) -> str:
+    """``OperationalError (SQLITE_FULL)``: the error's class and the driver's code, for logs.
+
+    The driver's message stays out: it might quote data.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    return f"{type(orig).__name__} ({code})" if code else type(orig).__name__
+
+
 def _discard_read_only_connections(engine: Engine) -> None:
     @event.listens_for(engine, "handle_error")
     def _on_error(context: Any) -> None:

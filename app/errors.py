@@ -10,6 +10,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from app import db
+
 log = logging.getLogger(__name__)
 
 
@@ -114,11 +116,8 @@ def database_error_response(exc: DBAPIError) -> Response:
         return error_response(503, "database_busy", "the database is busy (locked); "
                               "retry later", headers={"Retry-After": "5"})
     # The driver's name for the failure (SQLITE_IOERR_WRITE, SQLITE_READONLY, SQLSTATE 57P01)
-    # tells an operator what to look at; its message might quote data, so it stays out.
-    orig = exc.orig
-    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
-    log.error("database unavailable: %s%s", type(orig).__name__ if orig else exc,
-              f" ({code})" if code else "")
+    # tells an operator what to look at.
+    log.error("database unavailable: %s", db.error_name(exc))
     return error_response(503, "database_unavailable",
                           "the database is unavailable; retry later",
                           headers={"Retry-After": "5"})

@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from app import events
+from app import db, events
 from app.prepared import Runner
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class GroupCommitter:
             self.deliveries += len(batch)
         except BaseException as exc:
             log.error("group commit of %d deliveries failed: %s", len(batch),
-                      type(exc).__name__)
+                      db.error_name(exc))
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)

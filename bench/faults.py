@@ -19,7 +19,10 @@ another process holds the database's write lock that long (``BEGIN EXCLUSIVE``),
 or a stray ``sqlite3`` shell would: deliveries wait up to ``--busy-timeout-ms``, then get 503.
 With ``--unwritable SECONDS`` (SQLite) the database's files become unwritable that long, even
 to root (``chattr +i``, as a read-only remount or a full disk would make them): every write
-fails, so deliveries must get 503, and be stored again once the files are writable.
+fails, so deliveries must get 503, and be stored again once the files are writable. With
+``--full-disk`` (SQLite) the database lives on a file system of its own (a tmpfs), which
+another file fills up mid-run for ``--outage`` seconds: writes fail with SQLITE_FULL, as on a
+real full disk, until that file is deleted.
 
     .venv/bin/python -m bench.faults                           # SQLite
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults
@@ -27,11 +30,13 @@ fails, so deliveries must get 503, and be stored again once the files are writab
         --stop-database "pg_ctl -D DATA stop -m fast" --start-database "pg_ctl -D DATA start"
     .venv/bin/python -m bench.faults --lock-database 5 --busy-timeout-ms 1000
     .venv/bin/python -m bench.faults --unwritable 3                  # needs root and chattr
+    .venv/bin/python -m bench.faults --full-disk --outage 3          # needs root (mount)
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import os
 import random
@@ -43,7 +48,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -71,14 +78,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unwritable", type=float, metavar="SECONDS",
                         help="instead of killing workers: make SQLite's database files "
                              "immutable (chattr +i, needs root) this long, once, mid-run")
+    parser.add_argument("--full-disk", action="store_true",
+                        help="instead of killing workers: keep SQLite's database on a tmpfs "
+                             "of its own (needs root) and fill it up, once, for --outage s")
     parser.add_argument("--busy-timeout-ms", default="",
                         help="CONFHOOK_SQLITE_BUSY_TIMEOUT_MS (default: the service's)")
     args = parser.parse_args(argv)
-    if (args.lock_database or args.unwritable) and args.database_url:
-        parser.error("--lock-database and --unwritable are for SQLite")
+    if (args.lock_database or args.unwritable or args.full_disk) and args.database_url:
+        parser.error("--lock-database, --unwritable and --full-disk are for SQLite")
 
     work = Path(tempfile.mkdtemp(prefix="confhook-faults-"))
-    url = args.database_url or f"sqlite:///{work / 'faults.db'}"
+    with own_disk(work / "disk" if args.full_disk else None) as disk:
+        return run(args, work, disk or work)
+
+
+@contextmanager
+def own_disk(path: Path | None) -> Iterator[Path | None]:
+    """A tmpfs of its own at ``path`` (root only), for the database to fill up; or nothing."""
+    if path is None:
+        yield None
+        return
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "confhook-faults", str(path)],
+                   check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False, capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its file system is full (ENOSPC)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for chunk in (1 << 20, 4096, 512):
+            zeros = b"\0" * chunk
+            try:
+                while True:
+                    os.write(fd, zeros)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    finally:
+        os.close(fd)
+
+
+def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
+    url = args.database_url or f"sqlite:///{disk / 'faults.db'}"
     extra_env = {"CONFHOOK_WORKERS": args.workers, "CONFHOOK_THREADS": "4"}
     if args.busy_timeout_ms:
         extra_env["CONFHOOK_SQLITE_BUSY_TIMEOUT_MS"] = args.busy_timeout_ms
@@ -117,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             while sum(statuses.values()) < args.events // 5:
                 if stop.wait(0.01):
                     return
-            holder = sqlite3.connect(work / "faults.db", isolation_level=None, timeout=30)
+            holder = sqlite3.connect(disk / "faults.db", isolation_level=None, timeout=30)
             # SQLite's busy handler is not fair: under load the writers could starve this
             # connection for the whole run. So it gets in between two batches through the
             # writers' own file lock, then lets them go on to meet SQLite's lock.
-            with open(work / "faults.db-writer.lock", "a+b") as queue:
+            with open(disk / "faults.db-writer.lock", "a+b") as queue:
                 fcntl.flock(queue.fileno(), fcntl.LOCK_EX)
                 began = time.monotonic()
                 holder.execute("BEGIN EXCLUSIVE")
@@ -137,13 +183,26 @@ def main(argv: list[str] | None = None) -> int:
             # The database and its write-ahead log. (Not the -shm index: SQLite maps it into
             # memory, and an immutable mapped file kills the process with SIGBUS, which no
             # disk does: SQLite allocates that file's pages before mapping them.)
-            files = [str(work / name) for name in ("faults.db", "faults.db-wal")]
+            files = [str(disk / name) for name in ("faults.db", "faults.db-wal")]
             subprocess.run(["chattr", "+i", *files], check=True)
             began = time.monotonic()
             try:
                 stop.wait(args.unwritable)
             finally:
                 subprocess.run(["chattr", "-i", *files], check=True)
+            outages.append(time.monotonic() - began)
+
+        def full_disk() -> None:
+            while sum(statuses.values()) < args.events // 5:
+                if stop.wait(0.01):
+                    return
+            filler = disk / "filler"
+            fill(filler)
+            began = time.monotonic()
+            try:
+                stop.wait(args.outage)
+            finally:
+                filler.unlink()  # space comes back
             outages.append(time.monotonic() - began)
 
         def killer() -> None:
@@ -156,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 return
             if args.unwritable:
                 unwritable()
+                return
+            if args.full_disk:
+                full_disk()
                 return
             while not stop.wait(args.kill_every):
                 pids = worker_pids(master)
@@ -193,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                       if args.lock_database else
                       f"the database's files were unwritable for {outages[0]:.1f} s"
                       if args.unwritable else
+                      f"the database's disk was full for {outages[0]:.1f} s"
+                      if args.full_disk else
                       f"the database was down for {outages[0]:.1f} s")
         else:
             during = f"{kills} workers were killed"

@@ -1,5 +1,6 @@
 """Workers killed with SIGKILL while deliveries flow: nothing answered 2xx is lost.
-Likewise while SQLite's database is locked by another process, or its files are unwritable.
+Likewise while SQLite's database is locked by another process, its files are unwritable or
+its disk is full.
 
 A short run of ``bench/faults.py`` (the full run is in bench/README.md): the service under
 gunicorn with three workers, a worker killed every 0.4 s, every acknowledged delivery checked
@@ -83,3 +84,34 @@ def test_sqlite_files_unwritable_is_503_then_recovers(
     assert "files were unwritable" in out
     refused = int(out.split(" of them 503")[0].rsplit("(", 1)[1])
     assert refused > 0, out  # while unwritable: 503s, never a 2xx for what was not stored
+
+
+def _tmpfs_mount_allowed() -> bool:
+    """Mounting a tmpfs needs root (CAP_SYS_ADMIN), which containers often withhold."""
+    probe = Path(tempfile.mkdtemp(prefix="confhook-mount-"))
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "confhook-probe", str(probe)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    subprocess.run(["umount", str(probe)], check=True, capture_output=True)
+    probe.rmdir()
+    return True
+
+
+def test_sqlite_full_disk_is_503_then_recovers(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import POSTGRES_URL
+
+    if POSTGRES_URL:
+        pytest.skip("a SQLite fault: the suite runs on PostgreSQL")
+    if not _tmpfs_mount_allowed():
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    # The database's own file system is filled by another file for 1.5 s: SQLITE_FULL, as on
+    # a real full disk. Then the file goes, and the same service must store again.
+    status = faults.main(["--events", "300", "--senders", "8", "--full-disk",
+                          "--outage", "1.5"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "disk was full" in out
+    refused = int(out.split(" of them 503")[0].rsplit("(", 1)[1])
+    assert refused > 0, out  # while full: 503s, never a 2xx for what was not stored
