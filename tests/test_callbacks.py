@@ -559,7 +559,8 @@ def test_a_full_disk_is_503_loses_nothing_and_recovers_without_a_restart(
 
 
 def test_connections_opened_read_only_are_replaced_once_writes_work_again(
-        app: Flask, client: FlaskClient, database_url: str) -> None:
+        app: Flask, client: FlaskClient, database_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A connection opened while the database refused writes stays read-only: never kept.
 
     SQLite opens a file it may not write read-only, without an error (as ``mode=ro`` does
@@ -600,6 +601,10 @@ def test_connections_opened_read_only_are_replaced_once_writes_work_again(
         during = [send(n) for n in range(3)]
         assert [a.status_code for a in during] == [503] * 3
         assert {a.get_json()["error"]["code"] for a in during} == {"database_unavailable"}
+        # The log names the driver's code, for whoever is on call.
+        named = ("OperationalError (SQLITE_READONLY)" if database_url.startswith("sqlite")
+                 else "ReadOnlySqlTransaction (25006)")
+        assert f"database unavailable: {named}" in caplog.messages, caplog.messages
         assert client.get("/api/v1/conferences", headers=AUTH).status_code == 200  # reads do
         held = [engine.raw_connection() for engine in engines for _ in range(3)]
         for connection in held:
