@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -39,6 +41,29 @@ def read_only_connection(exc: BaseException | None) -> bool:
     if isinstance(code, int) and code & 0xFF == 8:  # SQLITE_READONLY
         return True
     return getattr(exc, "sqlstate", None) == "25006"  # read_only_sql_transaction
+
+
+_FILE = "confhook.file"
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def file_replaced(info: dict[str, Any]) -> bool:
+    """Whether the SQLite file a connection opened is no longer the one at its path.
+
+    An open connection keeps its file, even after the file is deleted, or replaced by a
+    rename (``mv backup.db confhook.db``): what it commits then goes nowhere anyone will read.
+    ``info`` is the pool record's (``connection.info``); False for connections that are not
+    to a SQLite file.
+    """
+    opened = info.get(_FILE)
+    return opened is not None and _identity(opened[0]) != opened[1]
 
 
 def error_name(exc: BaseException) -> str:
@@ -82,8 +107,12 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int
     # 503: well within gunicorn's worker timeout, and the provider retries.
     engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
 
+    database = engine.url.database
+    path = (os.path.abspath(database) if database not in (None, "", ":memory:")
+            and not database.startswith("file:") else None)
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # We issue BEGIN ourselves (below) so that writers can take the lock up front.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -92,6 +121,14 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.close()
+        if path is not None:
+            record.info[_FILE] = (path, _identity(path))
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if file_replaced(record.info):
+            # The pool discards it and opens another, on the file now at the path.
+            raise DisconnectionError("the database file was replaced or removed")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

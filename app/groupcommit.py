@@ -164,6 +164,15 @@ class GroupCommitter:
                 run.driver_sql("RELEASE delivery")
                 done.append((future, outcome, None))
             run.driver_sql("COMMIT")
+            if db.file_replaced(self.connection.info):
+                # Committed to a file that was deleted or replaced (a restore by rename)
+                # while open: nobody will read it, so nothing of it is acknowledged. The
+                # provider's retries go to the file now at the path, on a new connection.
+                dbapi = self.engine.dialect.loaded_dbapi
+                raise DBAPIError.instance(
+                    None, None, dbapi.OperationalError("the database file was replaced or "
+                                                       "removed while open"),
+                    dbapi.Error, connection_invalidated=True)
         except BaseException as exc:
             done.clear()
             connection, self.connection = self.connection, None

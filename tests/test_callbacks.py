@@ -624,3 +624,46 @@ def test_connections_opened_read_only_are_replaced_once_writes_work_again(
     assert after.count(503) <= 1 and after[-5:] == [204] * 5, after
     stored = [e for e in events_of(client, conf) if e["eventType"] == "conference-speak"]
     assert len(stored) == after.count(204)
+
+
+def test_a_database_file_removed_or_replaced_while_open_acknowledges_nothing_it_loses(
+        app: Flask, client: FlaskClient, database_url: str) -> None:
+    """An open SQLite connection keeps its file after ``rm``, or after a restore by rename:
+
+    what it commits then goes where nobody reads. No such commit may be acknowledged, and
+    once a file is back at the path, deliveries and the API must use it, with no restart.
+    """
+    import os
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("a SQLite file")
+    path = make_url(database_url).database
+    conf = create(client)
+
+    def send(n: int) -> Any:
+        return deliver(client, conf["callbackUrl"], ev.media(
+            "speak", conf["conferenceId"], "started", f"2024-05-01T11:00:{n:02d}.000Z"))
+
+    assert send(1).status_code == 204
+    backup = f"{path}.backup"
+    with sqlite3.connect(path) as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)  # the operator's backup: the conference and event 1
+    for suffix in ("", "-wal", "-shm"):
+        os.remove(path + suffix)  # rm confhook.db*, by mistake
+    gone = [send(2) for _ in range(3)]
+    assert [a.status_code for a in gone] == [503] * 3
+    assert client.get("/readyz").status_code == 503  # an empty database: no schema
+
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    os.replace(backup, path)  # restored by rename, the service still running
+    answers = [send(2).status_code for _ in range(3)]
+    assert answers.count(503) <= 1 and answers[-2:] == [204, 204], answers
+    assert client.get("/readyz").status_code == 200
+    times = sorted(e["eventTime"] for e in events_of(client, conf)
+                   if e["eventType"] == "conference-speak")
+    assert times == ["2024-05-01T11:00:01.000Z", "2024-05-01T11:00:02.000Z"]
