@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,22 +40,6 @@ def test_killing_workers_loses_nothing_acknowledged(capsys: pytest.CaptureFixtur
     assert "workers were killed" in out and " 0 workers were killed" not in out
 
 
-def test_sqlite_locked_by_another_process_is_503_then_recovers(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import POSTGRES_URL
-
-    if POSTGRES_URL:
-        pytest.skip("a SQLite fault: the suite runs on PostgreSQL")
-    # Another process holds the write lock for 3 s; writes wait 0.5 s for it, then 503.
-    status = faults.main(["--events", "300", "--senders", "8", "--lock-database", "3",
-                          "--busy-timeout-ms", "500"])
-    out = capsys.readouterr().out
-    assert status == 0, out
-    assert "held the database's lock" in out
-    refused = int(out.split(" of them 503")[0].rsplit("(", 1)[1])
-    assert refused > 0, out  # while locked: 503s, never a 2xx for what was not stored
-
-
 def _immutable_files_supported() -> bool:
     """``chattr +i`` needs root (CAP_LINUX_IMMUTABLE) and a file system that has it."""
     probe = Path(tempfile.mkdtemp(prefix="confhook-chattr-")) / "probe"
@@ -66,24 +51,6 @@ def _immutable_files_supported() -> bool:
     subprocess.run(["chattr", "-i", str(probe)], check=True, capture_output=True)
     shutil.rmtree(probe.parent)
     return True
-
-
-def test_sqlite_files_unwritable_is_503_then_recovers(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import POSTGRES_URL
-
-    if POSTGRES_URL:
-        pytest.skip("a SQLite fault: the suite runs on PostgreSQL")
-    if not _immutable_files_supported():
-        pytest.skip("chattr +i is not available here (needs root and ext4 or the like)")
-    # The database and its log are immutable for 1.5 s: every write fails (even as root), and
-    # connections opened meanwhile are read-only. Then the same service must store again.
-    status = faults.main(["--events", "300", "--senders", "8", "--unwritable", "1.5"])
-    out = capsys.readouterr().out
-    assert status == 0, out
-    assert "files were unwritable" in out
-    refused = int(out.split(" of them 503")[0].rsplit("(", 1)[1])
-    assert refused > 0, out  # while unwritable: 503s, never a 2xx for what was not stored
 
 
 def _tmpfs_mount_allowed() -> bool:
@@ -99,19 +66,34 @@ def _tmpfs_mount_allowed() -> bool:
     return True
 
 
-def test_sqlite_full_disk_is_503_then_recovers(capsys: pytest.CaptureFixture[str]) -> None:
+# Each: bench/faults.py's options, what its report says, and what the machine must allow.
+SQLITE_FAULTS: dict[str, tuple[list[str], str, Callable[[], bool] | None]] = {
+    # Another process holds the write lock for 3 s; writes wait 0.5 s for it, then 503.
+    "locked": (["--lock-database", "3", "--busy-timeout-ms", "500"],
+               "held the database's lock", None),
+    # The database and its log are immutable for 1.5 s: every write fails, even as root, and
+    # connections opened meanwhile are read-only.
+    "unwritable": (["--unwritable", "1.5"], "files were unwritable",
+                   _immutable_files_supported),
+    # Its own file system is filled by another file for 1.5 s: SQLITE_FULL, as on a real
+    # full disk.
+    "full disk": (["--full-disk", "--outage", "1.5"], "disk was full", _tmpfs_mount_allowed),
+}
+
+
+@pytest.mark.parametrize("fault", list(SQLITE_FAULTS))
+def test_a_sqlite_fault_is_503_then_the_same_service_stores_again(
+        fault: str, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import POSTGRES_URL
 
     if POSTGRES_URL:
         pytest.skip("a SQLite fault: the suite runs on PostgreSQL")
-    if not _tmpfs_mount_allowed():
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    # The database's own file system is filled by another file for 1.5 s: SQLITE_FULL, as on
-    # a real full disk. Then the file goes, and the same service must store again.
-    status = faults.main(["--events", "300", "--senders", "8", "--full-disk",
-                          "--outage", "1.5"])
+    options, says, needs = SQLITE_FAULTS[fault]
+    if needs is not None and not needs():
+        pytest.skip(f"{options[0]} needs root (chattr, mount), which this run does not have")
+    status = faults.main(["--events", "300", "--senders", "8", *options])
     out = capsys.readouterr().out
-    assert status == 0, out
-    assert "disk was full" in out
+    assert status == 0, out  # every 2xx stored, every retry stored once, no restart
+    assert says in out
     refused = int(out.split(" of them 503")[0].rsplit("(", 1)[1])
-    assert refused > 0, out  # while full: 503s, never a 2xx for what was not stored
+    assert refused > 0, out  # during the fault: 503s, never a 2xx for what was not stored
