@@ -112,7 +112,9 @@ def env(database_url: str, provider: FakeProvider, app_port: int) -> dict[str, s
         "CATAPULT_USER_ID": provider.user_id,
         "CATAPULT_API_TOKEN": provider.credentials[0],
         "CATAPULT_API_SECRET": provider.credentials[1],
-        "CATAPULT_READ_TIMEOUT_S": "1.0",
+        # Short, for the timeout tests (their provider answers after 3.6 s), yet with room for
+        # a loaded CI machine, where the fake provider once took over 1 s to answer.
+        "CATAPULT_READ_TIMEOUT_S": "3.0",
         "CATAPULT_RETRIES": "1",
     }
 

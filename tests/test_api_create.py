@@ -172,7 +172,7 @@ def test_provider_rate_limit_passes_retry_after(client: FlaskClient,
     (Answer(status=500, body={"message": "boom"}), 502, "provider_error"),
     (Answer(status=401, body={"code": "unauthorized", "message": "no"}), 502,
      "provider_auth_failed"),
-    (Answer(delay_s=1.6), 504, "provider_timeout"),
+    (Answer(delay_s=3.6), 504, "provider_timeout"),
 ])
 def test_provider_failures_are_5xx_and_not_retried(client: FlaskClient, provider: FakeProvider,
                                                    answer: Answer, status: int,

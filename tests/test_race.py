@@ -33,7 +33,7 @@ def test_callback_that_outruns_the_201_is_matched(client: FlaskClient, provider:
 def test_events_after_a_provider_timeout_revive_the_conference(
         client: FlaskClient, provider: FakeProvider, live_app: ThreadedServer) -> None:
     created = {k: v for k, v in ev.conference("", "created").items() if k != "conferenceId"}
-    provider.queue(Answer(callbacks_first=[created], delay_s=1.6))
+    provider.queue(Answer(callbacks_first=[created], delay_s=3.6))
     response = client.post("/api/v1/conferences", json={"from": "+19195551212"}, headers=AUTH)
     assert response.status_code == 504
     ident = response.get_json()["error"]["details"]["conference"]
