@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import quote
 
 from flask import Flask, current_app, g
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -103,13 +104,19 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int
 
         _discard_read_only_connections(pg_engine)
         return pg_engine
-    # A writer waits up to busy_timeout_ms (10 s) for SQLite's lock, then the request is a
-    # 503: well within gunicorn's worker timeout, and the provider retries.
-    engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
-
-    database = engine.url.database
+    parsed = make_url(url)
+    database = parsed.database
     path = (os.path.abspath(database) if database not in (None, "", ":memory:")
             and not database.startswith("file:") else None)
+    if path is not None:
+        # Open the file only if it is there (mode=rw). Otherwise SQLite creates an empty one:
+        # after an rm, an operator would find a new database without a schema at the path.
+        # A missing file is an error instead (503, /readyz unready); `flask migrate` creates it.
+        parsed = parsed.set(database=f"file:{quote(path)}",
+                            query={**parsed.query, "mode": "rw", "uri": "true"})
+    # A writer waits up to busy_timeout_ms (10 s) for SQLite's lock, then the request is a
+    # 503: well within gunicorn's worker timeout, and the provider retries.
+    engine = create_engine(parsed, connect_args={"timeout": busy_timeout_ms / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:

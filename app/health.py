@@ -48,7 +48,7 @@ def readiness() -> tuple[bool, dict[str, str]]:
                 versions = set()
             checks["migrations"] = "ok" if versions == migration_heads() else "behind"
     except SQLAlchemyError as exc:
-        log.warning("readiness: database unreachable: %s", type(exc).__name__)
+        log.warning("readiness: database unreachable: %s", db.error_name(exc))
         checks["database"] = "unreachable"
     return all(v == "ok" for v in checks.values()), checks
 

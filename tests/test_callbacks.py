@@ -579,8 +579,8 @@ def test_connections_opened_read_only_are_replaced_once_writes_work_again(
 
     def open_read_only(_dialect: Any, _record: Any, cargs: list[Any],
                        cparams: dict[str, Any]) -> None:
-        cargs[0] = f"file:{cargs[0]}?mode=ro"
-        cparams["uri"] = True
+        assert cparams["uri"] and cargs[0].endswith("?mode=rw"), cargs
+        cargs[0] = cargs[0].replace("?mode=rw", "?mode=ro")
 
     def read_only_default(dbapi_conn: Any, _record: Any) -> None:
         with dbapi_conn.cursor() as cur:
@@ -655,7 +655,9 @@ def test_a_database_file_removed_or_replaced_while_open_acknowledges_nothing_it_
         os.remove(path + suffix)  # rm confhook.db*, by mistake
     gone = [send(2) for _ in range(3)]
     assert [a.status_code for a in gone] == [503] * 3
-    assert client.get("/readyz").status_code == 503  # an empty database: no schema
+    assert client.get("/readyz").status_code == 503
+    # and no new, empty database appears at the path: the restore below is the operator's
+    assert not os.path.exists(path)
 
     for suffix in ("-wal", "-shm"):
         if os.path.exists(path + suffix):

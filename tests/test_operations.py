@@ -207,13 +207,21 @@ def test_logs_are_json_lines_without_secrets(pair: tuple[Stack, Stack]) -> None:
 
 def test_readiness_fails_clearly_and_says_nothing_more(env: dict[str, str],
                                                       tmp_path: Path) -> None:
+    import sqlite3
+
     from app import create_app
 
+    sqlite3.connect(tmp_path / "empty.db").close()  # a database, not migrated
     empty = create_app({**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
     response = empty.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "unready",
                                    "checks": {"database": "ok", "migrations": "behind"}}
+    missing = create_app({**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'missing.db'}"})
+    response = missing.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unready", "checks": {"database": "unreachable"}}
+    assert not (tmp_path / "missing.db").exists()  # only `flask migrate` creates the file
     gone = create_app({**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'no' / 'such.db'}"})
     response = gone.test_client().get("/readyz")
     assert response.status_code == 503
