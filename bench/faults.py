@@ -22,7 +22,9 @@ to root (``chattr +i``, as a read-only remount or a full disk would make them): 
 fails, so deliveries must get 503, and be stored again once the files are writable. With
 ``--full-disk`` (SQLite) the database lives on a file system of its own (a tmpfs), which
 another file fills up mid-run for ``--outage`` seconds: writes fail with SQLITE_FULL, as on a
-real full disk, until that file is deleted.
+real full disk, until that file is deleted. With ``--reload-every SECONDS`` the master gets
+``SIGHUP`` (``systemctl reload``) that often instead: new workers load the app while the old
+ones go on answering, so no delivery may wait long; the run prints the slowest answers.
 
     .venv/bin/python -m bench.faults                           # SQLite
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults
@@ -31,6 +33,7 @@ real full disk, until that file is deleted.
     .venv/bin/python -m bench.faults --lock-database 5 --busy-timeout-ms 1000
     .venv/bin/python -m bench.faults --unwritable 3                  # needs root and chattr
     .venv/bin/python -m bench.faults --full-disk --outage 3          # needs root (mount)
+    .venv/bin/python -m bench.faults --reload-every 8 --workers 2
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unwritable", type=float, metavar="SECONDS",
                         help="instead of killing workers: make SQLite's database files "
                              "immutable (chattr +i, needs root) this long, once, mid-run")
+    parser.add_argument("--reload-every", type=float, metavar="SECONDS",
+                        help="reload gunicorn (SIGHUP to the master) this often, no kills")
     parser.add_argument("--full-disk", action="store_true",
                         help="instead of killing workers: keep SQLite's database on a tmpfs "
                              "of its own (needs root) and fill it up, once, for --outage s")
@@ -141,7 +146,8 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
                            f"{n % 60:02d}.{n % 1000:03d}Z"} for n in range(args.events)]
         acknowledged: dict[int, int] = {}  # body index -> stored event id
         failures: list[int] = []
-        kills = 0
+        kills = reloads = 0
+        took: list[float] = []
         stop = threading.Event()
         master = stack.processes[-1].pid
 
@@ -206,7 +212,7 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
             outages.append(time.monotonic() - began)
 
         def killer() -> None:
-            nonlocal kills
+            nonlocal kills, reloads
             if args.stop_database:
                 outage()
                 return
@@ -219,6 +225,11 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
             if args.full_disk:
                 full_disk()
                 return
+            if args.reload_every:
+                while not stop.wait(args.reload_every):
+                    os.kill(master, signal.SIGHUP)
+                    reloads += 1
+                return
             while not stop.wait(args.kill_every):
                 pids = worker_pids(master)
                 if pids:
@@ -228,11 +239,14 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
         statuses: dict[int, int] = {}
 
         def send(index: int) -> tuple[int, int | None]:
+            sent = time.monotonic()
             try:
                 response = requests.post(conference["callbackUrl"], json=bodies[index],
                                          timeout=10)
             except requests.RequestException:
+                took.append(time.monotonic() - sent)
                 return index, None
+            took.append(time.monotonic() - sent)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code == 204:
                 return index, int(response.headers["X-Confhook-Event"].split(";")[0])
@@ -258,11 +272,16 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
                       f"the database's disk was full for {outages[0]:.1f} s"
                       if args.full_disk else
                       f"the database was down for {outages[0]:.1f} s")
+        elif args.reload_every:
+            during = f"gunicorn reloaded {reloads} times"
         else:
             during = f"{kills} workers were killed"
         print(f"{args.events} deliveries in {elapsed:.1f} s while {during}: "
               f"{len(acknowledged)} answered 204, {len(failures)} failed or cut off "
               f"({statuses.get(503, 0)} of them 503)")
+        slowest = sorted(took)[-3:]
+        print(f"slowest answers: {', '.join(f'{t:.2f} s' for t in reversed(slowest))}; "
+              f"{sum(t > 2.0 for t in took)} took over 2 s (our default callbackTimeout)")
 
         # The provider retries what was not acknowledged.
         retried = 0

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-from app.httpworker import read_timeout_from_env, send_timeout_from_env
+from config.httpworker import handover, read_timeout_from_env, send_timeout_from_env
 
 
 def _env_int(name: str, default: int) -> int:
@@ -25,10 +25,10 @@ bind = os.environ.get("CONFHOOK_BIND", "127.0.0.1:8000")
 # Threads let one worker answer a provider callback while another request of the same worker
 # waits on the provider (the provider may call back before it answers our create).
 # ReadAheadWorker is gunicorn's gthread, except that a request reaches a thread only once all
-# of it has arrived: slow clients cost a buffer, not a thread (app/httpworker.py). Each has
+# of it has arrived: slow clients cost a buffer, not a thread (config/httpworker.py). Each has
 # CONFHOOK_REQUEST_READ_TIMEOUT seconds (10) to send a whole request, and
 # CONFHOOK_RESPONSE_SEND_TIMEOUT seconds (30) to take in its response.
-worker_class = "app.httpworker.ReadAheadWorker"
+worker_class = "config.httpworker.ReadAheadWorker"
 # Read by each worker; checked here too, so a bad value stops the start.
 read_timeout_from_env()
 send_timeout_from_env()
@@ -50,7 +50,7 @@ loglevel = os.environ.get("CONFHOOK_LOG_LEVEL", "info")
 # CONFHOOK_ACCESS_LOG names a file (or - for stdout). With JSON logs gunicorn's lines are JSON.
 _json_logs = os.environ.get("CONFHOOK_LOG_FORMAT", "json").strip().lower() != "text"
 accesslog = os.environ.get("CONFHOOK_ACCESS_LOG", "").strip() or None
-logger_class = "app.httpworker.AccessLogger"
+logger_class = "config.httpworker.AccessLogger"
 if _json_logs:
     logconfig_dict = {
         "version": 1,
@@ -107,3 +107,8 @@ def child_exit(server, worker):
 def on_exit(server):
     if _own_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def on_reload(server):
+    # SIGHUP: the old workers serve until the new ones have loaded the app (config/httpworker.py).
+    handover.begin(server.worker_age, server.cfg.workers)

@@ -74,6 +74,7 @@ class Stack:
     emulator_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None
     with_emulator: bool = True  # False: one more instance of the service, for the same emulator
+    root: Path = ROOT  # the checkout to run
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -107,15 +108,15 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         if self.log_dir is None:
-            self.processes.append(subprocess.Popen(argv, cwd=ROOT, env=self.env()))
+            self.processes.append(subprocess.Popen(argv, cwd=self.root, env=self.env()))
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as out:  # the child keeps its own copy
-            self.processes.append(subprocess.Popen(argv, cwd=ROOT, env=self.env(), stdout=out,
+            self.processes.append(subprocess.Popen(argv, cwd=self.root, env=self.env(), stdout=out,
                                                    stderr=subprocess.STDOUT))
 
     def migrate(self) -> None:
-        subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "migrate"], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "migrate"], cwd=self.root,
                        env=self.env(), check=True, stdout=subprocess.DEVNULL)
 
     def start(self) -> None:

@@ -1,4 +1,4 @@
-"""Slow and odd clients against gunicorn as shipped (config/gunicorn.conf.py, app/httpworker.py).
+"""Slow and odd clients against gunicorn as shipped (config/gunicorn.conf.py, httpworker.py).
 
 Slow clients must not take the threads that answer the provider's deliveries: a request reaches
 a thread only once it has all arrived, and a client gets CONFHOOK_REQUEST_READ_TIMEOUT seconds to
@@ -23,7 +23,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.httpworker import (
+from config.httpworker import (
     COMPLETE,
     INCOMPLETE,
     read_timeout_from_env,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import multiprocessing
 import os
 import re
 import selectors
@@ -178,6 +179,50 @@ def send_timeout_from_env() -> float:
     return _env_float("CONFHOOK_RESPONSE_SEND_TIMEOUT", DEFAULT_SEND_TIMEOUT)
 
 
+class Handover:
+    """What the workers of one gunicorn master share about a reload (``SIGHUP``) under way.
+
+    gunicorn reloads by starting new workers and sending ``SIGTERM`` to the old ones at once,
+    so nothing accepts connections until the new workers have imported the app: seconds on a
+    loaded machine, longer than the provider waits. The master notes here, before it starts the
+    new workers, which ages (gunicorn numbers its workers in order) are old and how many new
+    ones it starts (:meth:`begin`, from the configuration's ``on_reload`` hook). Each new worker
+    counts itself once it serves (:meth:`ready`), and an old worker told to stop goes on
+    serving while :meth:`waiting` says it should.
+
+    Created at import, in the master, before any worker is forked: the memory is shared by the
+    master and all its workers. Reads take no lock (a signal handler reads).
+    """
+
+    _BOUNDARY, _EXPECTED, _READY = range(3)
+
+    def __init__(self) -> None:
+        self._state = multiprocessing.RawArray("q", 3)
+        self._lock = multiprocessing.Lock()
+
+    def begin(self, last_old_age: int, new_workers: int) -> None:
+        """In the master: workers up to ``last_old_age`` are old; ``new_workers`` will start."""
+        with self._lock:
+            self._state[self._READY] = 0
+            self._state[self._EXPECTED] = new_workers
+            self._state[self._BOUNDARY] = last_old_age
+
+    def ready(self, age: int) -> None:
+        """In a worker that serves: count it if it belongs to the reload's new workers."""
+        with self._lock:
+            if age > self._state[self._BOUNDARY] > 0:
+                self._state[self._READY] += 1
+
+    def waiting(self, age: int) -> bool:
+        """Whether the worker of ``age`` is an old one whose replacements are not all ready."""
+        return (age <= self._state[self._BOUNDARY]
+                and self._state[self._READY] < self._state[self._EXPECTED])
+
+
+#: The one of this process (a gunicorn master and its workers).
+handover = Handover()
+
+
 class ReadAheadWorker(ThreadWorker):
     """gthread whose threads only ever see requests that have fully arrived."""
 
@@ -193,6 +238,41 @@ class ReadAheadWorker(ThreadWorker):
         cfg = self.cfg
         self.read_ahead = (not cfg.is_ssl and getattr(cfg, "protocol", "http") == "http"
                            and getattr(cfg, "http2_cleartext", "off") in ("off", None))
+        self.handover_until = 0.0  # while stopping for a reload: serve until then at most
+
+    # -- a reload hands over without a gap -------------------------------------------------
+
+    def run(self) -> None:
+        handover.ready(self.age)
+        super().run()
+
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        """``SIGTERM``: stop, but during a reload only once the new workers serve.
+
+        A second ``SIGTERM`` (the master stopping meanwhile) stops at once, as does a reload
+        whose new workers are not all ready within ``graceful_timeout``.
+        """
+        if self.alive and not self.handover_until and handover.waiting(self.age):
+            self.handover_until = time.monotonic() + self.cfg.graceful_timeout
+            self.method_queue.defer(partial(  # logged from the main loop, not a handler
+                self.log.info, "Reload: worker %s serves until the new workers do", self.pid))
+            return
+        self.handover_until = 0.0
+        super().handle_exit(sig, frame)
+
+    def _check_handover(self) -> None:
+        """In the main loop: stop once the new workers serve, or the wait is over."""
+        if not self.handover_until or not self.alive:
+            return
+        if not handover.waiting(self.age):
+            self.log.info("Reload: the new workers serve; worker %s stops", self.pid)
+        elif time.monotonic() < self.handover_until:
+            return
+        else:
+            self.log.warning("Reload: the new workers did not all start within %s s; "
+                             "worker %s stops anyway", self.cfg.graceful_timeout, self.pid)
+        self.handover_until = 0.0
+        super().handle_exit(None, None)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -320,8 +400,10 @@ class ReadAheadWorker(ThreadWorker):
         self.nr_conns -= 1
         conn.close()
 
-    def murder_pending(self) -> None:
+    def murder_pending(self) -> None:  # once per turn of the main loop (at least every 1 s)
         super().murder_pending()
+        if self.handover_until:
+            self._check_handover()
         now = time.monotonic()
         while self.reading:
             conn = next(iter(self.reading))
