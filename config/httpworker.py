@@ -26,10 +26,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import multiprocessing
+import mmap
 import os
 import re
 import selectors
+import struct
 import time
 from collections import OrderedDict
 from functools import partial
@@ -190,33 +191,36 @@ class Handover:
     counts itself once it serves (:meth:`ready`), and an old worker told to stop goes on
     serving while :meth:`waiting` says it should.
 
-    Created at import, in the master, before any worker is forked: the memory is shared by the
-    master and all its workers. Reads take no lock (a signal handler reads).
+    Created at import, in the master, before any worker is forked: an anonymous shared
+    mapping, the same memory in the master and all its workers (no file, no semaphore). The
+    master writes the reload's numbers; each new worker writes only its own byte; a signal
+    handler may read. A reload of more new workers than there are bytes is not waited for.
     """
 
-    _BOUNDARY, _EXPECTED, _READY = range(3)
+    _HEAD = struct.Struct("qq")  # the last old worker's age, how many new workers
 
     def __init__(self) -> None:
-        self._state = multiprocessing.RawArray("q", 3)
-        self._lock = multiprocessing.Lock()
+        self._memory = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS
+        self._slots = mmap.PAGESIZE - self._HEAD.size
 
     def begin(self, last_old_age: int, new_workers: int) -> None:
         """In the master: workers up to ``last_old_age`` are old; ``new_workers`` will start."""
-        with self._lock:
-            self._state[self._READY] = 0
-            self._state[self._EXPECTED] = new_workers
-            self._state[self._BOUNDARY] = last_old_age
+        expected = new_workers if new_workers <= self._slots else 0
+        self._HEAD.pack_into(self._memory, 0, 0, 0)  # no reload while the slots are cleared
+        self._memory[self._HEAD.size:self._HEAD.size + expected] = bytes(expected)
+        self._HEAD.pack_into(self._memory, 0, last_old_age, expected)
 
     def ready(self, age: int) -> None:
-        """In a worker that serves: count it if it belongs to the reload's new workers."""
-        with self._lock:
-            if age > self._state[self._BOUNDARY] > 0:
-                self._state[self._READY] += 1
+        """In a worker that serves: mark it if it is one of the reload's new workers."""
+        boundary, expected = self._HEAD.unpack_from(self._memory, 0)
+        if boundary < age <= boundary + expected:
+            self._memory[self._HEAD.size + age - boundary - 1] = 1
 
     def waiting(self, age: int) -> bool:
-        """Whether the worker of ``age`` is an old one whose replacements are not all ready."""
-        return (age <= self._state[self._BOUNDARY]
-                and self._state[self._READY] < self._state[self._EXPECTED])
+        """Whether the worker of ``age`` is an old one whose replacements do not all serve."""
+        boundary, expected = self._HEAD.unpack_from(self._memory, 0)
+        return (age <= boundary and expected > 0
+                and 0 in self._memory[self._HEAD.size:self._HEAD.size + expected])
 
 
 #: The one of this process (a gunicorn master and its workers).

@@ -106,3 +106,29 @@ def test_a_reload_serves_the_new_code_and_answers_throughout(tmp_path: Path) -> 
     assert len(meanwhile) >= 20 and meanwhile[-1][0] >= first_new - 1.0
     assert all(a[3] == "2" for a in answers[-25:]), "old workers still answer"
     assert "serves until the new workers do" in log and "the new workers serve" in log
+
+
+def test_the_handover_waits_for_every_new_worker_across_processes() -> None:
+    from config.httpworker import Handover
+
+    handover = Handover()
+    assert not handover.waiting(1)  # no reload yet: a SIGTERM stops at once
+
+    def in_a_child(*ages: int) -> None:  # a forked worker, as gunicorn forks them
+        pid = os.fork()
+        if pid == 0:
+            for age in ages:
+                handover.ready(age)
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    handover.begin(2, 2)  # workers 1 and 2 are old; 3 and 4 start
+    assert handover.waiting(1) and handover.waiting(2) and not handover.waiting(3)
+    in_a_child(3)
+    assert handover.waiting(1)
+    in_a_child(9)  # not one of this reload's new workers
+    assert handover.waiting(2)
+    in_a_child(4)
+    assert not handover.waiting(1) and not handover.waiting(2)
+    handover.begin(4, 1)  # the next reload waits afresh
+    assert handover.waiting(3) and handover.waiting(4)
