@@ -144,7 +144,7 @@ def init_app(app: Flask) -> None:
                                 pool_pre_ping=False, pool_use_lifo=True,
                                 pool_timeout=app.config["CONFHOOK_DELIVERY_WAIT_MS"] / 1000)
         app.extensions[deliveryconn.EXTENSION] = deliveryconn.DeliveryConnections(
-            engine, db.database(app).engine)
+            engine, db.database(app).engine, app.config["CONFHOOK_DELIVERY_WAIT_MS"] / 1000)
     app.register_blueprint(bp)
     # Well-formed deliveries are served beneath Flask, the rest by the route above.
     from app.fastdelivery import FastDeliveries

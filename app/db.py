@@ -84,6 +84,25 @@ def _discard_read_only_connections(engine: Engine) -> None:
             context.is_disconnect = True  # SQLAlchemy invalidates it, and the pool
 
 
+def network_options(url: str, timeout_ms: int) -> dict[str, Any]:
+    """libpq's parameters that make a PostgreSQL server gone from the network an error in
+    about ``timeout_ms``, where TCP alone waits minutes: a connect that gets no answer
+    (``connect_timeout``), data the server's host does not acknowledge (``tcp_user_timeout``:
+    it died, or a firewall drops the packets), and a connection waiting for an answer from
+    a host that no longer answers keepalive probes. A parameter the URL gives is kept."""
+    seconds = max(1, round(timeout_ms / 1000))
+    options: dict[str, Any] = {
+        "connect_timeout": max(2, seconds),  # libpq's minimum
+        "tcp_user_timeout": int(timeout_ms),
+        "keepalives": 1,
+        "keepalives_idle": max(1, seconds // 2),
+        "keepalives_interval": max(1, seconds // 6),
+        "keepalives_count": 3,
+    }
+    given = make_url(url).query
+    return {name: value for name, value in options.items() if name not in given}
+
+
 def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int = 10_000,
                 lock_timeout_ms: int = 10_000, **pg_options: Any) -> Engine:
     """Create the engine; for SQLite, set WAL and the durability level on every connection.
@@ -91,9 +110,13 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", busy_timeout_ms: int
     On PostgreSQL every connection waits at most ``lock_timeout_ms`` for a lock (a row another
     transaction holds): the statement then fails, and a delivery gets a 503 while the provider
     is still waiting for an answer, rather than holding a thread for as long as the lock lasts.
+    The same time bounds connecting, and waiting on a server whose host is gone
+    (:func:`network_options`).
     """
     if not url.startswith("sqlite"):
-        pg_engine = create_engine(url, **({"pool_pre_ping": True} | pg_options))
+        pg_engine = create_engine(url, **({"pool_pre_ping": True,
+                                           "connect_args": network_options(url, lock_timeout_ms)}
+                                          | pg_options))
 
         @event.listens_for(pg_engine, "connect")
         def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:

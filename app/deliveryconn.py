@@ -13,13 +13,26 @@ replaced if dead. A failure that shows the server went away closes that connecti
 retires every connection opened before it, so that each is replaced before its next
 delivery rather than failing it. The delivery that met the failure gets a 503 as before,
 and the provider retries.
+
+A server that stops answering without closing the connection (frozen by a storage stall or
+a paused VM, or its host gone while the connection stays open) would hold the delivery's
+thread for as long as it lasts: TCP's own timeouts take minutes, and never come while the
+server's kernel still acknowledges. So a delivery waits at most ``CONFHOOK_DELIVERY_WAIT_MS``
+on the server: past it, the :class:`Watchdog` shuts the connection's socket down, which wakes
+the thread at once with an error. The delivery gets the same 503 as one that waited too long
+for a connection, and the connection is replaced. It may have been committed meanwhile; the
+provider's retry is then a duplicate.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, TypeVar
 
@@ -30,17 +43,101 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.prepared import Runner
 
+log = logging.getLogger(__name__)
+
 EXTENSION = "confhook.deliveryconn"
 IDLE_PING_S = 5.0
 
 T = TypeVar("T")
 
 
-class DeliveryConnections:
-    """Run a delivery's statements in one transaction on a connection of ``engine``'s pool."""
+class Watch:
+    __slots__ = ("cut", "deadline", "fd", "inode")
 
-    def __init__(self, engine: Engine, app_engine: Engine | None = None) -> None:
+    def __init__(self, fd: int, deadline: float) -> None:
+        self.fd = fd
+        self.deadline = deadline
+        self.inode = _inode(fd)
+        self.cut = False
+
+
+def _inode(fd: int) -> int | None:
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:
+        return None
+
+
+class Watchdog:
+    """Shuts down the socket of a connection whose deadline passed while it was watched.
+
+    One thread per process, asleep until the earliest deadline; a delivery that is answered
+    in time costs two lock turns and no wake-up. A socket is shut down only while still
+    watched, under the lock the watcher takes to stop watching, and only if its number still
+    names the same socket: the driver closes the socket of a connection it finds lost, and
+    the number may be another's by then.
+    """
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition(threading.Lock())
+        self.watches: set[Watch] = set()
+        self.wakes_at = float("inf")  # when the thread wakes next, as far as it knows
+        self.thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, fd: int, deadline: float) -> Iterator[Watch]:
+        watch = Watch(fd, deadline)
+        with self.condition:
+            if self.thread is None or not self.thread.is_alive():  # first, or after a fork
+                self.thread = threading.Thread(target=self._run, name="confhook-watchdog",
+                                               daemon=True)
+                self.thread.start()
+            self.watches.add(watch)
+            if deadline < self.wakes_at:
+                self.condition.notify()
+        try:
+            yield watch
+        finally:
+            with self.condition:
+                self.watches.discard(watch)
+
+    def _run(self) -> None:
+        with self.condition:
+            while True:
+                now = time.monotonic()
+                for watch in [w for w in self.watches if w.deadline <= now]:
+                    self.watches.discard(watch)
+                    if watch.inode is not None and _inode(watch.fd) == watch.inode:
+                        watch.cut = True
+                        _shut_down(watch.fd)
+                self.wakes_at = min((w.deadline for w in self.watches), default=float("inf"))
+                self.condition.wait(None if self.wakes_at == float("inf")
+                                    else self.wakes_at - now)
+
+
+def _shut_down(fd: int) -> None:
+    """Shut the socket ``fd`` down both ways (its owner still closes it): a thread waiting on
+    it wakes with an end of file, and the server sees the connection end."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
+class DeliveryConnections:
+    """Run a delivery's statements in one transaction on a connection of ``engine``'s pool.
+
+    The whole delivery waits at most ``wait_s`` for the server: the connection's checkout
+    (``pool_timeout``), its ping if it has been idle, and the statements.
+    """
+
+    def __init__(self, engine: Engine, app_engine: Engine | None = None,
+                 wait_s: float = 10.0) -> None:
         self.engine = engine
+        self.wait_s = wait_s
+        self.watchdog = Watchdog()
         self.generation = 0  # bumped when a connection finds the server gone
         self.lock = threading.Lock()
         # Disposing of the app's engine (tests, shutdown) disposes of this one too.
@@ -48,18 +145,31 @@ class DeliveryConnections:
             event.listen(app_engine, "engine_disposed", lambda _engine: engine.dispose())
 
     def run(self, work: Callable[[Runner], T]) -> T:
-        """``work(runner)`` in a transaction, committed; rolled back if it raises."""
-        connection = self._connection()
+        """``work(runner)`` in a transaction, committed; rolled back if it raises.
+
+        Raises ``concurrent.futures.TimeoutError`` if the server kept it waiting past the
+        deadline, as when no connection was free.
+        """
+        deadline = time.monotonic() + self.wait_s
+        connection = self._connection(deadline)
         run = Runner(connection.driver_connection, self.engine.dialect)
+        watch: Watch | None = None
         try:
-            result = work(run)
-            run.driver_sql("COMMIT")
+            with self.watchdog.watch(self._fd(connection), deadline) as watch:
+                result = work(run)
+                run.driver_sql("COMMIT")
+            if watch.cut:  # committed just as its time ran out: stored, the connection done
+                connection.invalidate()
             return result
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 with self.lock:
                     self.generation += 1
                 connection.invalidate(exc)
+            if watch is not None and watch.cut:
+                log.warning("delivery: the database did not answer within %d ms; its "
+                            "connection was closed", self.wait_s * 1000)
+                raise FuturesTimeout("the database did not answer in time") from exc
             raise
         finally:
             run.close()
@@ -67,7 +177,14 @@ class DeliveryConnections:
                 connection.info["used"] = time.monotonic()
             connection.close()  # back to the pool, rolled back if need be
 
-    def _connection(self) -> Any:
+    @staticmethod
+    def _fd(connection: Any) -> int:
+        try:
+            return int(connection.driver_connection.pgconn.socket)
+        except Exception:  # lost already (no socket): its first statement fails at once
+            return -1
+
+    def _connection(self, deadline: float) -> Any:
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         while True:
             try:
@@ -82,15 +199,19 @@ class DeliveryConnections:
             if "generation" not in info:  # new
                 info["generation"] = self.generation
                 return connection
+            if time.monotonic() > deadline:
+                connection.close()
+                raise FuturesTimeout("no connection answered in time for the delivery")
             if info["generation"] < self.generation or (
                     time.monotonic() - info["used"] > IDLE_PING_S and not self._alive(
-                        connection)):
+                        connection, deadline)):
                 connection.invalidate()  # closed; the pool opens another
                 continue
             return connection
 
-    def _alive(self, connection: Any) -> bool:
+    def _alive(self, connection: Any, deadline: float) -> bool:
         try:
-            return bool(self.engine.dialect.do_ping(connection.driver_connection))
+            with self.watchdog.watch(self._fd(connection), deadline):
+                return bool(self.engine.dialect.do_ping(connection.driver_connection))
         except Exception:
             return False
