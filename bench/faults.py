@@ -25,6 +25,13 @@ another file fills up mid-run for ``--outage`` seconds: writes fail with SQLITE_
 real full disk, until that file is deleted. With ``--reload-every SECONDS`` the master gets
 ``SIGHUP`` (``systemctl reload``) that often instead: new workers load the app while the old
 ones go on answering, so no delivery may wait long; the run prints the slowest answers.
+With ``--dead-host SECONDS`` (PostgreSQL on this machine; root and ``tc``) the database's host
+dies mid-run with the service's connections open: nothing from the server's port arrives
+any more. After SECONDS a standby takes the address (new connections are answered again),
+while the connections opened before stay dead for good. A server frozen without closing
+anything (a storage stall, a paused VM) is ``--stop-database "pkill -STOP -x postgres"
+--start-database "pkill -CONT -x postgres"``. Either way a delivery must be answered within
+``--delivery-wait-ms``, a 503 while the database does not answer.
 
     .venv/bin/python -m bench.faults                           # SQLite
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults
@@ -34,6 +41,8 @@ ones go on answering, so no delivery may wait long; the run prints the slowest a
     .venv/bin/python -m bench.faults --unwritable 3                  # needs root and chattr
     .venv/bin/python -m bench.faults --full-disk --outage 3          # needs root (mount)
     .venv/bin/python -m bench.faults --reload-every 8 --workers 2
+    .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults \
+        --dead-host 5 --delivery-wait-ms 2000                     # needs root and tc
 """
 
 from __future__ import annotations
@@ -57,8 +66,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
+from sqlalchemy.engine import make_url
 
 from scripts.local import Stack, running
+from tests.netfault import Blackhole
 from tests.servers import free_port
 
 
@@ -86,12 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-disk", action="store_true",
                         help="instead of killing workers: keep SQLite's database on a tmpfs "
                              "of its own (needs root) and fill it up, once, for --outage s")
+    parser.add_argument("--dead-host", type=float, metavar="SECONDS",
+                        help="instead of killing workers: the PostgreSQL server's port on "
+                             "this machine falls silent (tc, needs root), once, mid-run; "
+                             "after SECONDS new connections get answers, old ones never")
     parser.add_argument("--busy-timeout-ms", default="",
                         help="CONFHOOK_SQLITE_BUSY_TIMEOUT_MS (default: the service's)")
+    parser.add_argument("--delivery-wait-ms", default="",
+                        help="CONFHOOK_DELIVERY_WAIT_MS (default: the service's)")
     args = parser.parse_args(argv)
     if (args.lock_database or args.unwritable or args.full_disk) and args.database_url:
         parser.error("--lock-database, --unwritable and --full-disk are for SQLite")
+    if args.dead_host and not (args.database_url or "").startswith("postgresql"):
+        parser.error("--dead-host is for PostgreSQL")
 
+    # A stop (timeout, Ctrl-C) still undoes the fault: the finally blocks run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     work = Path(tempfile.mkdtemp(prefix="confhook-faults-"))
     with own_disk(work / "disk" if args.full_disk else None) as disk:
         return run(args, work, disk or work)
@@ -133,6 +154,8 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
     extra_env = {"CONFHOOK_WORKERS": args.workers, "CONFHOOK_THREADS": "4"}
     if args.busy_timeout_ms:
         extra_env["CONFHOOK_SQLITE_BUSY_TIMEOUT_MS"] = args.busy_timeout_ms
+    if args.delivery_wait_ms:
+        extra_env["CONFHOOK_DELIVERY_WAIT_MS"] = args.delivery_wait_ms
     stack = Stack(free_port(), free_port(), url, secrets.token_urlsafe(32),
                   "faults-" + secrets.token_urlsafe(16), log_dir=work, extra_env=extra_env)
     with running(stack):
@@ -152,6 +175,7 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
         master = stack.processes[-1].pid
 
         outages: list[float] = []
+        open_connections: list[int] = []
 
         def outage() -> None:
             if stop.wait(2.0):
@@ -211,10 +235,29 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
                 filler.unlink()  # space comes back
             outages.append(time.monotonic() - began)
 
+        def dead_host() -> None:
+            while sum(statuses.values()) < args.events // 5:
+                if stop.wait(0.01):
+                    return
+            hole = Blackhole(make_url(url).port or 5432)
+            hole.start()
+            began = time.monotonic()
+            try:
+                open_connections.append(hole.silence_open_connections())
+                stop.wait(args.dead_host)
+                hole.restore_port()
+                outages.append(time.monotonic() - began)
+                stop.wait()
+            finally:
+                hole.stop()
+
         def killer() -> None:
             nonlocal kills, reloads
             if args.stop_database:
                 outage()
+                return
+            if args.dead_host:
+                dead_host()
                 return
             if args.lock_database:
                 lock()
@@ -261,9 +304,9 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
                     failures.append(index)
                 else:
                     acknowledged[index] = event_id
+        elapsed = time.monotonic() - started
         stop.set()
         thread.join()
-        elapsed = time.monotonic() - started
         if outages:
             during = (f"another process held the database's lock for {outages[0]:.1f} s"
                       if args.lock_database else
@@ -271,6 +314,9 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
                       if args.unwritable else
                       f"the database's disk was full for {outages[0]:.1f} s"
                       if args.full_disk else
+                      f"the database's host was dead for {outages[0]:.1f} s, and its "
+                      f"{open_connections[0]} connections for good"
+                      if args.dead_host else
                       f"the database was down for {outages[0]:.1f} s")
         elif args.reload_every:
             during = f"gunicorn reloaded {reloads} times"
