@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from concurrent.futures import TimeoutError as FuturesTimeout
 from functools import lru_cache
 from typing import Any
 
@@ -18,8 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import db, metrics
+from app import db, deliveryconn, metrics
 from app.errors import APIError
+from app.prepared import Runner
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -37,20 +39,36 @@ def migration_heads() -> frozenset[str]:
 
 def readiness() -> tuple[bool, dict[str, str]]:
     checks: dict[str, str] = {}
+    connections = current_app.extensions.get(deliveryconn.EXTENSION)
     try:
-        with db.database(current_app).engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-            try:
-                versions = {row[0] for row in connection.execute(
-                    text("SELECT version_num FROM alembic_version"))}
-            except SQLAlchemyError:
-                versions = set()
-            checks["migrations"] = "ok" if versions == migration_heads() else "behind"
-    except SQLAlchemyError as exc:
+        if connections is not None:
+            # PostgreSQL: on a delivery connection, so that a server that stops answering
+            # makes this unready within CONFHOOK_DELIVERY_WAIT_MS, as it does a delivery
+            # (the app's pool pings at checkout, and a frozen server holds that for ever).
+            versions = connections.run(_migration_versions)
+        else:
+            with db.database(current_app).engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+                try:
+                    versions = {row[0] for row in connection.execute(
+                        text("SELECT version_num FROM alembic_version"))}
+                except SQLAlchemyError:
+                    versions = None
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if versions == migration_heads() else "behind"
+    except (SQLAlchemyError, FuturesTimeout) as exc:
         log.warning("readiness: database unreachable: %s", db.error_name(exc))
         checks["database"] = "unreachable"
     return all(v == "ok" for v in checks.values()), checks
+
+
+def _migration_versions(run: Runner) -> set[str] | None:
+    """The revisions in ``alembic_version``; None if there is no such table."""
+    run.driver_sql("SELECT to_regclass('alembic_version') IS NOT NULL")
+    if not run.cursor.fetchone()[0]:
+        return None
+    run.driver_sql("SELECT version_num FROM alembic_version")
+    return {row[0] for row in run.cursor.fetchall()}
 
 
 def _no_store(response: Response) -> Response:

@@ -229,6 +229,34 @@ def test_readiness_fails_clearly_and_says_nothing_more(env: dict[str, str],
     assert gone.test_client().get("/healthz").status_code == 200  # alive all the same
 
 
+def test_readiness_on_postgresql_says_the_migrations_are_behind(env: dict[str, str]) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from app import create_app
+    from app.db import database
+    from tests.conftest import POSTGRES_URL
+
+    if not POSTGRES_URL:
+        pytest.skip("a PostgreSQL database: the suite runs on SQLite")
+    name = f"confhook_unmigrated_{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        empty = create_app({**env, "DATABASE_URL": url})
+        response = empty.test_client().get("/readyz")
+        database(empty).engine.dispose()
+        assert response.status_code == 503
+        assert response.get_json() == {"status": "unready",
+                                       "checks": {"database": "ok", "migrations": "behind"}}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def test_metrics_token_is_optional_and_checked(env: dict[str, str]) -> None:
     from app import create_app
 
