@@ -135,14 +135,18 @@ def _shut_down(fd: int) -> None:
 class DeliveryConnections:
     """Run a delivery's statements in one transaction on a connection of ``engine``'s pool.
 
-    The whole delivery waits at most ``wait_s`` for the server: the connection's checkout
-    (``pool_timeout``), its ping if it has been idle, and the statements.
+    The whole delivery waits at most ``wait_s`` (and a grace) for the server: the
+    connection's checkout (``pool_timeout``), its ping if it has been idle, and the statements.
     """
 
     def __init__(self, engine: Engine, app_engine: Engine | None = None,
                  wait_s: float = 10.0) -> None:
         self.engine = engine
         self.wait_s = wait_s
+        # A statement kept waiting by a row lock ends with the server's own lock_timeout (the
+        # same wait) and leaves the connection as it is; the watchdog comes a little later,
+        # for a server that answers nothing at all.
+        self.grace_s = min(1.0, wait_s / 2)
         self.watchdog = Watchdog(wait_s)
         self.generation = 0  # bumped when a connection finds the server gone
         self.lock = threading.Lock()
@@ -156,7 +160,7 @@ class DeliveryConnections:
         Raises ``concurrent.futures.TimeoutError`` if the server kept it waiting past the
         deadline, as when no connection was free.
         """
-        deadline = time.monotonic() + self.wait_s
+        deadline = time.monotonic() + self.wait_s + self.grace_s
         connection = self._connection(deadline)
         run = Runner(connection.driver_connection, self.engine.dialect)
         watch: Watch | None = None
@@ -174,7 +178,7 @@ class DeliveryConnections:
                 connection.invalidate(exc)
             if watch is not None and watch.cut:
                 log.warning("delivery: the database did not answer within %d ms; its "
-                            "connection was closed", self.wait_s * 1000)
+                            "connection was closed", (self.wait_s + self.grace_s) * 1000)
                 raise FuturesTimeout("the database did not answer in time") from exc
             raise
         finally:

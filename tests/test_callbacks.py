@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, func, select, text
 
-from app import db
+from app import db, deliveryconn
 from app.keys import callback_key
 from app.models import Event, RejectedDelivery
 from tests import events as ev
@@ -469,6 +469,9 @@ def test_a_delivery_kept_waiting_by_a_lock_is_503_busy_and_nothing_is_lost(
             assert response.get_json()["error"]["code"] == "database_busy"
             assert response.headers["Retry-After"]
             assert 0.25 <= waited < 5
+        connections = app.extensions.get(deliveryconn.EXTENSION)
+        if connections is not None:  # the server's lock_timeout answered: no connection cut
+            assert connections.generation == 0
         # The lock is gone. The retry is stored, or recognised as the delivery that waited and
         # was stored once the lock was free (SQLite keeps it queued): one event either way.
         response = deliver(client, conf["callbackUrl"], event)
@@ -569,8 +572,6 @@ def test_connections_opened_read_only_are_replaced_once_writes_work_again(
     so; once it is over, the writes must go to new connections, with no restart.
     """
     from sqlalchemy import event as sa_event
-
-    from app import deliveryconn
 
     engines = [db.database(app).engine]
     if deliveryconn.EXTENSION in app.extensions:
