@@ -31,14 +31,14 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from app import admin, api, callbacks, health, logs
+    from app import admin, api, delivery, health, logs
     from app.payload import require_utf8_query_string
 
     logs.init_app(app)
     app.before_request(require_utf8_query_string)
     health.init_app(app)
-    callbacks.init_app(app)
-    api.init_app(app)  # after callbacks: its document describes the callback endpoint too
+    delivery.init_app(app)
+    api.init_app(app)  # after delivery: its document describes the callback endpoint too
     admin.init_app(app)  # last: it exempts the other blueprints from CSRF checks
 
 

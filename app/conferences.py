@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import events
+from app import reconcile
 from app.catapult import (
     CatapultAPIError,
     CatapultClient,
@@ -218,7 +218,7 @@ def refresh(session: Session, client: CatapultClient, conference: Conference) ->
     if not isinstance(remote, dict) or not isinstance(remote_members, list):
         raise ProviderFailed(conference, CatapultUnavailable("provider answered an "
                                                              "unexpected shape"))
-    return events.reconcile(session, conference, remote,
+    return reconcile.reconcile(session, conference, remote,
                             [m for m in remote_members if isinstance(m, dict)])
 
 
@@ -279,7 +279,7 @@ def track(session: Session, client: CatapultClient, conference_id: str,
     )
     session.add(conference)
     session.flush()
-    events.reconcile(session, conference, remote,
+    reconcile.reconcile(session, conference, remote,
                      [m for m in remote_members if isinstance(m, dict)])
     return Tracked(conference, True, _waiting(session, conference_id))
 

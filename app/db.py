@@ -77,6 +77,14 @@ def error_name(exc: BaseException) -> str:
     return f"{type(orig).__name__} ({code})" if code else type(orig).__name__
 
 
+def is_lock_wait(exc: BaseException) -> bool:
+    """A lock not granted in time: PostgreSQL's lock_timeout, SQLite's busy timeout."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "55P03":  # lock_not_available
+        return True
+    return type(orig).__module__ == "sqlite3" and "locked" in str(orig)
+
+
 def _discard_read_only_connections(engine: Engine) -> None:
     @event.listens_for(engine, "handle_error")
     def _on_error(context: Any) -> None:

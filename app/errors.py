@@ -111,7 +111,7 @@ def database_error_response(exc: DBAPIError) -> Response:
     Senders treat a 4xx as final, so our own failure must never look like one: a 503 with
     Retry-After makes the provider retry or fall back.
     """
-    if _is_lock_wait(exc):
+    if db.is_lock_wait(exc):
         log.warning("database busy: a lock was not granted in time")
         return error_response(503, "database_busy", "the database is busy (locked); "
                               "retry later", headers={"Retry-After": "5"})
@@ -121,13 +121,6 @@ def database_error_response(exc: DBAPIError) -> Response:
     return error_response(503, "database_unavailable",
                           "the database is unavailable; retry later",
                           headers={"Retry-After": "5"})
-
-
-def _is_lock_wait(exc: DBAPIError) -> bool:
-    """A lock not granted in time: PostgreSQL's lock_timeout, SQLite's busy timeout."""
-    if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
-        return True
-    return type(exc.orig).__module__ == "sqlite3" and "locked" in str(exc.orig)
 
 
 def _is_admin_page() -> bool:

@@ -1,7 +1,8 @@
 """Probes and metrics for load balancers, orchestrators and Prometheus.
 
-``/healthz``: the process answers. ``/readyz``: the database answers and its schema is at the
-migrations' head, so the instance may take traffic. Both are unauthenticated, cheap, and say
+``/healthz``: the process answers. ``/readyz``: the database takes a write as a delivery would
+(through the same store, within the same wait) and its schema is at the migrations' head, so
+the instance may take traffic. Both are unauthenticated, cheap, and say
 nothing a stranger could use (no URLs, versions or error texts). ``/metrics``: the Prometheus
 text format, behind a bearer token when ``CONFHOOK_METRICS_TOKEN`` is set.
 """
@@ -16,12 +17,14 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
+from sqlalchemy import bindparam
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import db, deliveryconn, metrics
+from app import db, delivery, metrics
 from app.errors import APIError
-from app.prepared import Runner
+from app.models import ReadinessProbe, utcnow
+from app.statements import Runner
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -39,36 +42,49 @@ def migration_heads() -> frozenset[str]:
 
 def readiness() -> tuple[bool, dict[str, str]]:
     checks: dict[str, str] = {}
-    connections = current_app.extensions.get(deliveryconn.EXTENSION)
     try:
-        if connections is not None:
-            # PostgreSQL: on a delivery connection, so that a server that stops answering
-            # makes this unready within CONFHOOK_DELIVERY_WAIT_MS, as it does a delivery
-            # (the app's pool pings at checkout, and a frozen server holds that for ever).
-            versions = connections.run(_migration_versions)
-        else:
-            with db.database(current_app).engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-                try:
-                    versions = {row[0] for row in connection.execute(
-                        text("SELECT version_num FROM alembic_version"))}
-                except SQLAlchemyError:
-                    versions = None
+        # Through the deliveries' own store: a held write lock, a read-only or full disk, a
+        # server that stops answering make this unready within CONFHOOK_DELIVERY_WAIT_MS,
+        # as they would a delivery.
+        versions = delivery.intake().store.run(_probe)
         checks["database"] = "ok"
         checks["migrations"] = "ok" if versions == migration_heads() else "behind"
     except (SQLAlchemyError, FuturesTimeout) as exc:
         log.warning("readiness: database unreachable: %s", db.error_name(exc))
         checks["database"] = "unreachable"
+    except Exception:
+        log.exception("readiness: the write probe failed")
+        checks["database"] = "unreachable"
     return all(v == "ok" for v in checks.values()), checks
 
 
-def _migration_versions(run: Runner) -> set[str] | None:
-    """The revisions in ``alembic_version``; None if there is no such table."""
-    run.driver_sql("SELECT to_regclass('alembic_version') IS NOT NULL")
-    if not run.cursor.fetchone()[0]:
+def _probe_upsert(dialect: str) -> object:
+    table = ReadinessProbe.__table__
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    stmt = insert.values(id=1, checked_at=bindparam("at", type_=table.c.checked_at.type))
+    return stmt.on_conflict_do_update(index_elements=[table.c.id],
+                                      set_={"checked_at": stmt.excluded.checked_at})
+
+
+def _probe(run: Runner) -> set[str] | None:
+    """The revisions in ``alembic_version`` (None without the table), and, when the schema
+    has the probe's table, one row written, committed by the caller as a delivery is."""
+    if run.dialect.name == "postgresql":
+        run.driver_sql("SELECT to_regclass('alembic_version') IS NOT NULL, "
+                       "to_regclass('readiness_probe') IS NOT NULL")
+        has_versions, has_probe = run.cursor.fetchone()
+    else:
+        run.driver_sql("SELECT count(*) FILTER (WHERE name = 'alembic_version'), "
+                       "count(*) FILTER (WHERE name = 'readiness_probe') FROM sqlite_master")
+        has_versions, has_probe = run.cursor.fetchone()
+    if not has_versions:
         return None
     run.driver_sql("SELECT version_num FROM alembic_version")
-    return {row[0] for row in run.cursor.fetchall()}
+    versions = {row[0] for row in run.cursor.fetchall()}
+    if has_probe:
+        run.execute(run.prepared("readiness-probe", lambda: _probe_upsert(run.dialect.name)),
+                    {"at": utcnow()})
+    return versions
 
 
 def _no_store(response: Response) -> Response:

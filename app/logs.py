@@ -79,8 +79,7 @@ def request_done(*, request_id: str, method: str, path: str, route: str | None, 
                  delivery: dict[str, Any] | None = None) -> None:
     """Count a finished request in the metrics and write its one log line.
 
-    ``path`` is already redacted. The fast delivery path (``app/fastdelivery.py``) calls this
-    as Flask's requests do, so both write the same line.
+    ``path`` is already redacted.
     """
     metrics.request_done(route, method, status, seconds)
     fields: dict[str, Any] = {

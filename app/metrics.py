@@ -57,7 +57,8 @@ def event_type_label(value: Any) -> str:
 
 
 def delivery(event_type: Any, channel: str, method: str, outcome: str) -> None:
-    """Count one delivery: ``outcome`` is stored, duplicate, rejected or invalid."""
+    """Count one delivery: ``outcome`` is stored, duplicate, invalid (stored, not
+    understood), rejected (a bad key) or refused (not a delivery at all)."""
     DELIVERIES.labels(event_type_label(event_type), channel if channel in (
         "callback", "fallback") else "other", method if method in ("GET", "POST") else "other",
         outcome).inc()
@@ -116,7 +117,7 @@ class _Database:
         events = GaugeMetricFamily("confhook_events_needing_attention",
                                    "Stored events not matched to a conference, by match.",
                                    labels=["match"])
-        for match in ("unmatched", "conflict"):
+        for match in ("unmatched", "conflict", "invalid"):
             events.add_metric([match], counts.get(match, 0))
         yield events
         conferences = GaugeMetricFamily("confhook_conferences", "Conferences by state.",

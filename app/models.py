@@ -31,13 +31,21 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 CONFERENCE_STATES = ("pending", "created", "active", "completed", "failed")
 MEMBER_STATES = ("active", "completed")
-MATCH_STATES = ("matched", "unmatched", "conflict")
+# invalid: stored as received, but a field could not be understood (match_reason names it).
+MATCH_STATES = ("matched", "unmatched", "conflict", "invalid")
 
 # Event.channels is a bit set of the URLs a delivery of the event came through.
 CHANNEL_BITS = {"callback": 1, "fallback": 2}
 
 TAG_MAX_LENGTH = 256
 PROVIDER_ID_MAX_LENGTH = 128
+EVENT_TYPE_MAX_LENGTH = 64
+STATUS_MAX_LENGTH = 64
+
+
+def channels_of(bits: int) -> list[str]:
+    """The names of the channels in an ``Event.channels`` bit set."""
+    return [name for name, bit in CHANNEL_BITS.items() if bits & bit]
 
 
 def utcnow() -> datetime:
@@ -110,12 +118,12 @@ class Event(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     conference_pk: Mapped[str | None] = mapped_column(
         ForeignKey("conference.id", ondelete="SET NULL"))
-    event_type: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(EVENT_TYPE_MAX_LENGTH))
     unknown_type: Mapped[bool] = mapped_column(default=False)
     conference_id: Mapped[str | None] = mapped_column(String(PROVIDER_ID_MAX_LENGTH))
     member_id: Mapped[str | None] = mapped_column(String(PROVIDER_ID_MAX_LENGTH))
     call_id: Mapped[str | None] = mapped_column(String(PROVIDER_ID_MAX_LENGTH))
-    status: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(STATUS_MAX_LENGTH))
     tag: Mapped[str | None] = mapped_column(String(TAG_MAX_LENGTH))
     active_members: Mapped[int | None] = mapped_column(Integer)
     mute: Mapped[bool | None] = mapped_column()
@@ -124,6 +132,9 @@ class Event(Base):
     event_time: Mapped[datetime | None] = mapped_column(DateTime)
     occurred_at: Mapped[datetime] = mapped_column(DateTime)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The body or query string as received, kept when ``payload`` is not a faithful copy
+    # (the event is then ``invalid``): what was sent is never lost.
+    raw: Mapped[str | None] = mapped_column(Text)
     dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
     first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -174,3 +185,12 @@ class SigninFailure(Base):
     __table_args__ = (
         UniqueConstraint("address", "minute", name="uq_signin_failure_address_minute"),
     )
+
+
+class ReadinessProbe(Base):
+    """One row that ``/readyz`` writes, as a delivery would, to prove writes go through."""
+
+    __tablename__ = "readiness_probe"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    checked_at: Mapped[datetime] = mapped_column(DateTime)

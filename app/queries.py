@@ -193,6 +193,7 @@ class ConferenceCounts:
     duplicates: int = 0
     fallbacks: int = 0
     conflicts: int = 0
+    invalid: int = 0
     unknown: int = 0
 
 
@@ -203,15 +204,17 @@ def conference_counts(session: Session, conference_pk: str) -> ConferenceCounts:
         select(Event.event_type, func.count(), func.sum(Event.deliveries),
                func.sum(case((Event.channels.op("&")(fallback) != 0, 1), else_=0)),
                func.sum(case((Event.match == "conflict", 1), else_=0)),
+               func.sum(case((Event.match == "invalid", 1), else_=0)),
                func.sum(case((Event.unknown_type.is_(True), 1), else_=0)))
         .where(Event.conference_pk == conference_pk).group_by(Event.event_type))
     counts = ConferenceCounts()
-    for event_type, n, deliveries, fallbacks, conflicts, unknown in rows:
+    for event_type, n, deliveries, fallbacks, conflicts, invalid, unknown in rows:
         counts.by_type[event_type] = n
         counts.total += n
         counts.deliveries += deliveries or 0
         counts.fallbacks += fallbacks or 0
         counts.conflicts += conflicts or 0
+        counts.invalid += invalid or 0
         counts.unknown += unknown or 0
     counts.duplicates = counts.deliveries - counts.total
     return counts
@@ -253,6 +256,7 @@ class Stats:
     fallbacks: int = 0
     unmatched: int = 0
     conflicts: int = 0
+    invalid: int = 0
     unknown: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     conferences_created: int = 0
@@ -277,15 +281,17 @@ def stats(session: Session, since: datetime | None, until: datetime | None) -> S
                func.sum(case((Event.channels.op("&")(fallback) != 0, 1), else_=0)),
                func.sum(case((Event.match == "unmatched", 1), else_=0)),
                func.sum(case((Event.match == "conflict", 1), else_=0)),
+               func.sum(case((Event.match == "invalid", 1), else_=0)),
                func.sum(case((Event.unknown_type.is_(True), 1), else_=0)))
         .where(window).group_by(Event.event_type))
-    for event_type, n, duplicates, fallbacks, unmatched, conflicts, unknown in rows:
+    for event_type, n, duplicates, fallbacks, unmatched, conflicts, invalid, unknown in rows:
         result.by_type[event_type] = n
         result.received += n
         result.duplicates += duplicates or 0
         result.fallbacks += fallbacks or 0
         result.unmatched += unmatched or 0
         result.conflicts += conflicts or 0
+        result.invalid += invalid or 0
         result.unknown += unknown or 0
     for reason, n in session.execute(
             select(RejectedDelivery.reason, func.sum(RejectedDelivery.count))
@@ -341,7 +347,7 @@ def last_received(session: Session) -> datetime | None:
 
 def problem_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Event.match, func.count()).where(
-        Event.match.in_(("unmatched", "conflict"))).group_by(Event.match))
-    counts = {"unmatched": 0, "conflict": 0}
+        Event.match.in_(("unmatched", "conflict", "invalid"))).group_by(Event.match))
+    counts = {"unmatched": 0, "conflict": 0, "invalid": 0}
     counts.update({match: n for match, n in rows})
     return counts

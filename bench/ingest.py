@@ -9,7 +9,8 @@ In one run, with the same gunicorn config (``config/gunicorn.conf.py``) and load
 4. the service (production config, JSON logs to a file) storing every delivery in the database.
 
 For each it prints events/s and p50/p99 latency, then the service's share of the floor (the
-figure to hold) and of the baseline. Afterwards it checks over the API that every delivery answered 2xx was stored.
+figure to hold) and of the baseline. Afterwards it checks over the API that every delivery
+answered 2xx was stored.
 With ``--memory`` it sends ``--events`` deliveries in rounds and prints each worker's RSS after
 every round.
 
@@ -18,6 +19,7 @@ every round.
     .venv/bin/python -m bench.ingest --database-url postgresql+psycopg://…/bench
     .venv/bin/python -m bench.ingest --rounds 3 --seconds 10          # medians of 3 rounds
     .venv/bin/python -m bench.ingest --memory --events 100000
+    .venv/bin/python -m bench.ingest --rounds 3 --without group-commit   # a layer's worth
 
 Needs wrk (Debian: ``apt-get install wrk``).
 """
@@ -138,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true",
                         help="send --events deliveries in rounds, print worker RSS")
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--without", choices=("group-commit", "file-lock", "delivery-pool"),
+                        help="also measure the service with this layer taken out "
+                             "(bench/variant_app.py)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -158,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     names = {"baseline": "baseline (parse, 204)",
              "floor": "durable floor (key, parse, one INSERT, commit)",
              "nostore": "confhook, storing left out", "service": "confhook (store)"}
+    if args.without:
+        names["variant"] = f"confhook without {args.without}"
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     stack = Stack(free_port(), free_port(), url, secrets.token_urlsafe(32),
                   "bench-" + secrets.token_urlsafe(16), extra_env=extra, log_dir=work)
@@ -208,16 +215,20 @@ def main(argv: list[str] | None = None) -> int:
                     "bench.nostore_app:app", free_port(), stack.env(), work / "nostore.log")),
                 "service": stack.service_url,
             }
+            if args.without:
+                urls["variant"] = servers.enter_context(served(
+                    "bench.variant_app:app", free_port(),
+                    {**stack.env(), "BENCH_WITHOUT": args.without}, work / "variant.log"))
             for name, base_url in urls.items():
                 warm = wrk(base_url, targets, seconds=args.warmup, run=f"{run}{name}w", **load)
-                if name == "service":
+                if name in ("service", "variant"):
                     answered += warm["requests"] - warm["non2xx"]
             for round_no in range(args.rounds):
                 for name, base_url in urls.items():
                     result = wrk(base_url, targets, seconds=args.seconds,
                                  run=f"{run}{name}{round_no}", **load)
                     rounds[name].append(result)
-                    if name == "service":
+                    if name in ("service", "variant"):
                         answered += result["requests"] - result["non2xx"]
         time.sleep(1)
         stored = distinct = 0
@@ -240,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         floor, share, alone = (statistics.median(s[i] for s in shares) for i in range(3))
         print(f"\nconfhook stores {floor:.2f} of the durable floor's rate; it reaches "
               f"{share:.0%} of the bare baseline's, and without storing {alone:.0%}")
+        if args.without:
+            gains = [s["rate"] / v["rate"] for s, v in zip(rounds["service"], rounds["variant"],
+                                                           strict=True)]
+            print(f"with {args.without}, confhook stores {statistics.median(gains):.2f} times "
+                  f"what it stores without it (by round: "
+                  + ", ".join(f"{g:.2f}" for g in gains) + ")")
     # wrk counts only the answers it read before its time was up: the server may have stored
     # a few more (answered, but after wrk stopped reading). Fewer would be a loss.
     print(f"deliveries answered 2xx: {answered:,}; stored: {stored:,} "

@@ -212,7 +212,7 @@ def test_rematch_from_the_problems_page(admin: FlaskClient) -> None:
     assert response.headers["Location"] == "/admin/problems"
     page = admin.get("/admin/problems").get_data(as_text=True)
     assert "unmatched → matched" in page
-    assert "No unmatched or conflicting events." in page
+    assert "No unmatched, conflicting or invalid events." in page
 
 
 def test_event_filters_reuse_the_api_rules(admin: FlaskClient) -> None:

@@ -176,7 +176,7 @@ def test_an_operator_session(stack: Stack, page: Any) -> None:
         "button", name="Re-match").click()
     expect(page.get_by_role("status")).to_contain_text("unmatched → matched")
     expect(page.locator("table.events tbody")).to_contain_text(
-        "No unmatched or conflicting events.")
+        "No unmatched, conflicting or invalid events.")
 
     # The dashboard counts what happened.
     page.get_by_role("link", name="Dashboard").click()

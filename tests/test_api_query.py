@@ -150,7 +150,8 @@ def test_conference_view_counts_events(client: FlaskClient, world: dict[str, Any
     assert view["events"] == {
         "total": 12, "byType": {"conference": 2, "conference-member": 6,
                                 "conference-playback": 2, "conference-speak": 2},
-        "deliveries": 13, "duplicates": 1, "fallbacks": 1, "conflicts": 0, "unknownType": 0}
+        "deliveries": 13, "duplicates": 1, "fallbacks": 1, "conflicts": 0, "invalid": 0,
+        "unknownType": 0}
     odd = get(client, f"/api/v1/conferences/{world['odd']['id']}")
     assert odd["events"]["conflicts"] == 1 and odd["members"] == []
 
@@ -298,7 +299,7 @@ def test_rematch_all_reports_the_outcome(client: FlaskClient) -> None:
             ev.member("conf-1", "m-3", "active", T0, active=1, tag="not-its-tag"))
     response = client.post("/api/v1/events/rematch", json={}, headers=AUTH)
     assert response.get_json() == {"examined": 4, "matched": 2, "conflict": 1,
-                                   "unmatched": 1, "remaining": 0}
+                                   "unmatched": 1, "invalid": 0, "remaining": 0}
     limited = client.post("/api/v1/events/rematch", json={"match": ["unmatched"], "limit": 1},
                           headers=AUTH).get_json()
     assert limited["examined"] == 1 and limited["remaining"] == 0

@@ -14,22 +14,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, func, select, text
 
-from app import db, deliveryconn
+from app import db, delivery
+from app.delivery.postgres import PostgresStore
+from app.delivery.sqlite import SQLiteStore
 from app.keys import callback_key
 from app.models import Event, RejectedDelivery
 from tests import events as ev
 from tests.conftest import AUTH, SECRET, create, path_of
 from tests.events import T0, deliver, life
-
-
-def _nested(depth: int) -> dict[str, Any]:
-    value: dict[str, Any] = {"leaf": 1}
-    for _ in range(depth):
-        value = {"k": value}
-    return value
-
-
-DEEP = _nested(20)
 
 
 @pytest.fixture
@@ -187,46 +179,20 @@ def test_key_from_an_old_secret_still_verifies(env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "status", "code"), [
-    ({"data": b'{"eventType": "conference",', "content_type": "application/json"}, 400,
-     "invalid_json"),
-    ({"data": b'\xff\xfe{}', "content_type": "application/json"}, 400, "invalid_json"),
-    ({"data": b'{"eventType": "x", "n": NaN}', "content_type": "application/json"}, 400,
-     "invalid_json"),
-    ({"data": b"[" * 5000 + b"]" * 5000, "content_type": "application/json"}, 400,
-     "invalid_json"),
+    ({"data": b'\xff\xfe{}', "content_type": "application/json"}, 400, "invalid_body"),
+    ({"data": b'{"eventType": "x"}\x00', "content_type": "application/json"}, 400,
+     "invalid_body"),
     ({"data": b"<xml/>", "content_type": "text/xml"}, 415, "unsupported_media_type"),
-    ({"json": [1, 2]}, 422, "invalid_event"),
-    ({"json": {"conferenceId": "c"}}, 422, "invalid_event"),
-    ({"json": {"eventType": ""}}, 422, "invalid_event"),
-    ({"json": {"eventType": "conference", "status": "exploded"}}, 422, "invalid_event"),
-    ({"json": {"eventType": "conference-member", "mute": "maybe"}}, 422, "invalid_event"),
-    ({"json": {"eventType": "conference-member", "activeMembers": -1}}, 422, "invalid_event"),
-    ({"json": {"eventType": "conference-member", "time": "yesterday"}}, 422,
-     "invalid_event"),
-    ({"json": {"eventType": "conference", "conferenceId": "c" * 200}}, 422, "invalid_event"),
-    ({"json": {"eventType": "odd", "v": "a\x00b"}}, 422, "invalid_event"),
-    ({"json": {"eventType": "conference", "createdTime": "9999-12-31T23:59:59-02:00"}}, 422,
-     "invalid_event"),
-    ({"json": {"eventType": "conference-speak", "time": "0001-01-01T00:00:00+05:00"}}, 422,
-     "invalid_event"),
-    ({"json": {"eventType": "odd", "v": DEEP}}, 422, "invalid_event"),
     ({"json": {"eventType": "x", "pad": "y" * 70_000}}, 413, "payload_too_large"),
 ])
-def test_bad_deliveries_get_a_precise_4xx_and_store_nothing(
+def test_what_is_not_a_delivery_gets_a_precise_4xx_and_stores_nothing(
         client: FlaskClient, app: Flask, conf: dict[str, Any], kwargs: dict[str, Any],
         status: int, code: str) -> None:
     response = client.post(path_of(conf["callbackUrl"]), **kwargs)
     assert response.status_code == status
     assert response.get_json()["error"]["code"] == code
     assert count(app, Event) == 0
-    assert rejected(app, code if code != "invalid_event" else "invalid") == 1
-
-
-def test_repeated_query_field_is_refused(client: FlaskClient, conf: dict[str, Any]) -> None:
-    response = client.get(path_of(conf["callbackUrl"]) +
-                          "?eventType=conference&status=created&status=completed")
-    assert response.status_code == 422
-    assert "status" in response.get_json()["error"]["details"]
+    assert rejected(app, code) == 1
 
 
 def test_oversized_query_string_is_414(client: FlaskClient, conf: dict[str, Any]) -> None:
@@ -236,9 +202,12 @@ def test_oversized_query_string_is_414(client: FlaskClient, conf: dict[str, Any]
 
 
 def test_only_get_and_post_are_allowed(client: FlaskClient, conf: dict[str, Any]) -> None:
-    response = client.put(path_of(conf["callbackUrl"]), json={})
-    assert response.status_code == 405
-    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    for method in ("PUT", "HEAD", "DELETE"):
+        response = client.open(path_of(conf["callbackUrl"]), method=method, json={})
+        assert response.status_code == 405, method
+        assert "POST" in response.headers["Allow"]
+    assert client.put(path_of(conf["callbackUrl"])).get_json()["error"]["code"] == (
+        "method_not_allowed")
 
 
 # -- dedup -------------------------------------------------------------------------------------
@@ -422,7 +391,7 @@ def test_a_flood_of_refused_deliveries_is_counted_in_few_writes(env: dict[str, s
         for _ in range(50):
             assert client.post(bad, json={}).status_code == 401
         assert len(writes) == 1  # the first flushes, the next 49 wait for the interval
-        app.extensions["confhook.rejections"].interval_s = 0
+        delivery.intake(app).rejections.interval_s = 0
         assert client.post(bad, json={}).status_code == 401
         stats = client.get("/api/v1/stats", headers=AUTH).get_json()
         assert stats["rejectedDeliveries"]["total"] == 51
@@ -469,8 +438,9 @@ def test_a_delivery_kept_waiting_by_a_lock_is_503_busy_and_nothing_is_lost(
             assert response.get_json()["error"]["code"] == "database_busy"
             assert response.headers["Retry-After"]
             assert 0.25 <= waited < 5
-        connections = app.extensions.get(deliveryconn.EXTENSION)
-        if connections is not None:  # the server's lock_timeout answered: no connection cut
+        connections = delivery.intake(app).store
+        if isinstance(connections, PostgresStore):
+            # The server's lock_timeout answered: no connection was cut.
             assert connections.generation == 0
         # The lock is gone. The retry is stored, or recognised as the delivery that waited and
         # was stored once the lock was free (SQLite keeps it queued): one event either way.
@@ -487,11 +457,10 @@ def test_deliveries_that_arrive_while_the_writer_waits_for_the_lock_share_its_co
         app: Flask, client: FlaskClient, database_url: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from app import groupcommit
-
     if not database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL commits each delivery in its own request")
-    committer = app.extensions[groupcommit.EXTENSION]
+    committer = delivery.intake(app).store
+    assert isinstance(committer, SQLiteStore)
     conf = create(client)
     url = conf["callbackUrl"]
     # The first delivery takes the writer to the lock, which another process holds; the
@@ -521,12 +490,10 @@ def test_a_full_disk_is_503_loses_nothing_and_recovers_without_a_restart(
     """SQLite's max_page_count makes the database "full" as a full disk would (SQLITE_FULL)."""
     from sqlalchemy import event as sa_event
 
-    from app import groupcommit
-
     if not database_url.startswith("sqlite"):
         pytest.skip("the page cap is SQLite's")
     engine = db.database(app).engine
-    committer = app.extensions[groupcommit.EXTENSION]
+    committer = delivery.intake(app).store
     conf = create(client)
     with engine.connect() as conn:
         pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
@@ -574,8 +541,9 @@ def test_connections_opened_read_only_are_replaced_once_writes_work_again(
     from sqlalchemy import event as sa_event
 
     engines = [db.database(app).engine]
-    if deliveryconn.EXTENSION in app.extensions:
-        engines.append(app.extensions[deliveryconn.EXTENSION].engine)
+    store = delivery.intake(app).store
+    if isinstance(store, PostgresStore):
+        engines.append(store.engine)
     conf = create(client)
 
     def open_read_only(_dialect: Any, _record: Any, cargs: list[Any],

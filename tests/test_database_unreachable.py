@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from sqlalchemy.engine import make_url
 
-from app import create_app, db, deliveryconn
+from app import create_app, db, delivery
 from tests import events as ev
 from tests.conftest import AUTH, create, path_of
 from tests.netfault import Blackhole, Relay
@@ -88,7 +88,7 @@ def test_a_delivery_to_a_frozen_server_is_a_503_within_the_wait(relayed: Flask,
                                                                 relay: Relay) -> None:
     conf = create(relayed.test_client())
     assert _deliver(relayed, conf, 0).status_code == 204
-    connections = relayed.extensions[deliveryconn.EXTENSION]
+    connections = delivery.intake(relayed).store
     generation = connections.generation
     relay.freeze()
     answer, took = _timed(lambda: _deliver(relayed, conf, 1), 10 * WAIT_MS / 1000)
@@ -122,7 +122,7 @@ def test_readiness_on_a_frozen_server_is_unready_within_the_wait(relayed: Flask,
 
 def test_a_delivery_answered_in_time_leaves_the_watchdog_asleep(relayed: Flask) -> None:
     conf = create(relayed.test_client())
-    watchdog = relayed.extensions[deliveryconn.EXTENSION].watchdog
+    watchdog = delivery.intake(relayed).store.watchdog
     assert _deliver(relayed, conf, 0).status_code == 204  # its thread starts
     time.sleep(0.1)
     woken = watchdog.wakes

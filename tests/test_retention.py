@@ -96,7 +96,10 @@ def test_an_event_arriving_while_its_conference_is_purged_is_not_left_matched(
 
     from sqlalchemy import select
 
-    from app import events, retention
+    from app import retention
+    from app.delivery import filing
+    from app.delivery.interpret import Received, interpret
+    from app.statements import Runner
     from tests.conftest import POSTGRES_URL
 
     ended = create(client, tag="ended")
@@ -105,8 +108,8 @@ def test_an_event_arriving_while_its_conference_is_purged_is_not_left_matched(
     late = ev.media("speak", ended["conferenceId"], "done", "2024-05-01T10:30:00Z", tag="ended")
     with app.app_context():
         delivery = db.database().writer()
-        events.receive(delivery, subject=ended["id"], channel="callback", method="POST",
-                       fields=late)  # not committed yet
+        filing.record(Runner.of(delivery), subject=ended["id"], channel="callback",
+                      method="POST", event=interpret(Received(late)))  # not committed yet
         done = threading.Event()
         reports: list[retention.PurgeReport] = []
 

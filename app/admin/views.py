@@ -20,15 +20,15 @@ from marshmallow import ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from app import conferences, db, events, queries
+from app import conferences, db, queries
 from app.admin import bp, require_admin
 from app.admin.charts import Media, per_minute_chart, timeline
 from app.api import provider, schemas
 from app.api.represent import iso
 from app.catapult import CatapultError
+from app.delivery import filing
 from app.errors import APIError
-from app.events import channels_of
-from app.models import CONFERENCE_STATES, MATCH_STATES, Conference, Event
+from app.models import CONFERENCE_STATES, MATCH_STATES, Conference, Event, channels_of
 
 PAGE = 50
 _provider_health: dict[str, Any] = {"checked": 0.0, "ok": None, "detail": ""}
@@ -320,7 +320,7 @@ def rematch_event(event_id: int) -> Response:
     if event is None:
         abort(404)
     before = event.match
-    after, reason = events.rematch(session, event)
+    after, reason = filing.rematch(session, event)
     session.commit()
     flash(f"Event {event_id}: {before} → {after}{f' ({reason})' if reason else ''}.",
           "ok" if after == "matched" else "error")
@@ -336,7 +336,7 @@ def rematch_event(event_id: int) -> Response:
 @require_admin
 def problems() -> str:
     args = request.args.to_dict()
-    args.setdefault("match", "unmatched,conflict")
+    args.setdefault("match", "unmatched,conflict,invalid")
     args.setdefault("order", "desc")
     page, errors, cursor = event_search(args)
     session = db.read_session()
@@ -350,10 +350,11 @@ def problems() -> str:
 @require_admin
 def rematch_all() -> Response:
     session = db.write_session()
-    report = events.rematch_many(session, ("unmatched", "conflict"))
+    report = filing.rematch_many(session, ("unmatched", "conflict", "invalid"))
     session.commit()
     flash(f"Re-matched {report.examined} events: {report.matched} matched, "
-          f"{report.conflict} conflicting, {report.unmatched} still unmatched"
+          f"{report.conflict} conflicting, {report.unmatched} still unmatched, "
+          f"{report.invalid} still not understood"
           f"{f', {report.remaining} left for another run' if report.remaining else ''}.",
           "ok")
     return redirect(url_for("admin.problems"))

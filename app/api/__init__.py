@@ -185,6 +185,6 @@ def init_app(app: Flask) -> None:
 
     api = ConfhookApi(app)
     api.register_blueprint(bp)
-    from app import callbacks
+    from app import delivery
 
-    callbacks.document(api.spec, app)
+    delivery.document(api.spec, app)

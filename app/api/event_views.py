@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Response, stream_with_context
 
-from app import db, events, queries
+from app import db, queries
 from app.api import (
     QUERY,
     bp,
@@ -23,6 +23,7 @@ from app.api import (
     schemas,
 )
 from app.api.represent import event_json, stats_json
+from app.delivery import filing
 from app.errors import APIError
 from app.models import Event
 
@@ -136,7 +137,7 @@ def rematch_event(event_id: int) -> Response:
     if event is None:
         raise APIError(404, "not_found", "no such event", {"event": str(event_id)})
     before = event.match
-    events.rematch(session, event)
+    filing.rematch(session, event)
     session.commit()
     return ok({"event": event_json(event), "before": before, "after": event.match})
 
@@ -153,7 +154,7 @@ def rematch_events(body: dict[str, Any]) -> Response:
     """
     conference = conference_or_404(body["conference"]) if "conference" in body else None
     session = db.write_session()
-    report = events.rematch_many(session, body["match"], conference, body["limit"])
+    report = filing.rematch_many(session, body["match"], conference, body["limit"])
     session.commit()
     return ok(report.__dict__)
 

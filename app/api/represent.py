@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.events import channels_of
-from app.models import Conference, Event, Member, utcnow
+from app.models import Conference, Event, Member, channels_of, utcnow
 from app.queries import ConferenceCounts, MemberHistory, Stats
 
 
@@ -47,7 +46,8 @@ def conference_json(conference: Conference, members: list[Member] | None = None
 def counts_json(counts: ConferenceCounts) -> dict[str, Any]:
     return {"total": counts.total, "byType": counts.by_type, "deliveries": counts.deliveries,
             "duplicates": counts.duplicates, "fallbacks": counts.fallbacks,
-            "conflicts": counts.conflicts, "unknownType": counts.unknown}
+            "conflicts": counts.conflicts, "invalid": counts.invalid,
+            "unknownType": counts.unknown}
 
 
 def member_json(member: Member) -> dict[str, Any]:
@@ -97,6 +97,7 @@ def event_json(event: Event) -> dict[str, Any]:
         "match": event.match,
         "matchReason": event.match_reason,
         "payload": event.payload,
+        "raw": event.raw,
     }
 
 
@@ -109,6 +110,7 @@ def stats_json(stats: Stats) -> dict[str, Any]:
         "events": {"received": stats.received, "byType": stats.by_type,
                    "duplicates": stats.duplicates, "fallbacks": stats.fallbacks,
                    "unmatched": stats.unmatched, "conflicts": stats.conflicts,
+                   "invalid": stats.invalid,
                    "unknownType": stats.unknown},
         "rejectedDeliveries": {"total": rejected, "byReason": stats.rejected},
         "conferences": {"created": stats.conferences_created,

@@ -14,7 +14,7 @@ from marshmallow import fields, validate
 from webargs.fields import DelimitedList
 
 from app.conferences import CALLBACK_TIMEOUT_RANGE, E164
-from app.events import KNOWN_TYPES
+from app.delivery.interpret import KNOWN_TYPES
 from app.models import CONFERENCE_STATES, MATCH_STATES, TAG_MAX_LENGTH
 from app.queries import MAX_LIMIT
 
@@ -110,8 +110,9 @@ class NoArgs(Strict):
 
 
 class RematchBody(Strict):
-    match = fields.List(fields.String(validate=validate.OneOf(("unmatched", "conflict"))),
-                        load_default=lambda: ["unmatched", "conflict"],
+    match = fields.List(fields.String(validate=validate.OneOf(
+                        ("unmatched", "conflict", "invalid"))),
+                        load_default=lambda: ["unmatched", "conflict", "invalid"],
                         validate=validate.Length(min=1))
     conference = fields.String(validate=ID_LENGTH)
     limit = fields.Integer(load_default=10_000, validate=validate.Range(1, 100_000))
@@ -187,6 +188,8 @@ class Counts(ma.Schema):
     duplicates = fields.Integer(required=True)
     fallbacks = fields.Integer(required=True)
     conflicts = fields.Integer(required=True)
+    invalid = fields.Integer(required=True, metadata={
+        "description": "Events kept as received, with a field not understood."})
     unknownType = fields.Integer(required=True)
 
 
@@ -242,8 +245,12 @@ class Event(ma.Schema):
     method = fields.String(required=True)
     deliveries = fields.Integer(required=True)
     match = fields.String(required=True, validate=validate.OneOf(MATCH_STATES))
-    matchReason = fields.String(allow_none=True)
+    matchReason = fields.String(allow_none=True, metadata={
+        "description": "Why it is not matched; for `invalid`, the field not understood."})
     payload = fields.Dict(required=True)
+    raw = fields.String(allow_none=True, metadata={
+        "description": "The body or query string as received, when `payload` is not a "
+                       "faithful copy of it (the event is then `invalid`)."})
 
 
 class EventPage(ma.Schema):
@@ -262,6 +269,7 @@ class RematchReport(ma.Schema):
     matched = fields.Integer(required=True)
     conflict = fields.Integer(required=True)
     unmatched = fields.Integer(required=True)
+    invalid = fields.Integer(required=True)
     remaining = fields.Integer(required=True)
 
 

@@ -1,17 +1,11 @@
-"""Group commit of deliveries on SQLite: one writer thread per process, one commit per batch.
+"""Storing deliveries on SQLite: one writer thread per process commits them in batches.
 
-SQLite lets one writer in at a time and makes each waiting writer sleep and retry, so with
-many request threads the waits, not the work, decide the throughput; and with
-``synchronous=FULL`` every commit is an fsync. Here request threads hand their delivery to this
-process's writer thread and wait. The writer takes every delivery waiting, and once it holds
-the lock every delivery that arrived while it waited for it; it stores each in its own
-savepoint (a refused one rolls back alone), commits once, and only then answers each
-request. A request still answers only after its event is committed; nothing waits for a batch
-to fill: under light load a batch is one delivery.
-
-PostgreSQL takes concurrent writers as they come (row locks, its own WAL group commit), and a
-batch there could hold several conferences' row locks at once and deadlock with another
-instance's batch: there every request commits its own delivery (``db.write_session``).
+SQLite lets one writer in at a time, and with ``synchronous=FULL`` every commit is an fsync.
+Request threads hand their delivery to this process's writer and wait; the writer takes every
+delivery waiting, stores each in a savepoint of its own, commits once, and only then answers
+each. Whatever fails for one delivery rolls back that delivery alone; a failure of the batch
+leaves the connection closed cleanly (cursor, then transaction, then connection), so no lock
+or file descriptor outlives it. Writers of several processes queue on a file lock.
 """
 
 from __future__ import annotations
@@ -22,37 +16,33 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from app import db, events
-from app.prepared import Runner
+from app import db
+from app.statements import Runner
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "confhook.groupcommit"
 MAX_BATCH = 200
 IDLE_EXIT_S = 30.0
 
-
-@dataclass(frozen=True)
-class Job:
-    subject: str
-    channel: str
-    method: str
-    event: events.Parsed  # parsed by the request's own thread, outside the writer's lock
+T = TypeVar("T")
+Work = Callable[[Runner], Any]
 
 
-class GroupCommitter:
-    """Store deliveries through one writer thread; :meth:`receive` blocks until committed."""
+class SQLiteStore:
+    """Runs each delivery's work through one writer thread; :meth:`run` blocks until committed.
+    """
 
-    def __init__(self, engine: Engine, lock_path: str | None = None) -> None:
+    def __init__(self, engine: Engine, lock_path: str | None = None,
+                 wait_s: float = 10.0) -> None:
+        self.wait_s = wait_s
         # The writer thread keeps one connection of the pool for itself, across batches.
         self.engine = engine
         self.connection: Any = None
@@ -62,23 +52,24 @@ class GroupCommitter:
         self.lock_path = lock_path
         self.lock_file: Any = None
         self.lock_pid = 0
-        self.jobs: queue.SimpleQueue[tuple[Job, Future[events.Outcome]]] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[tuple[Work, Future[Any]]] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.batches = 0  # committed batches and the deliveries in them, for tests and benches
         self.deliveries = 0
 
-    def receive(self, job: Job, timeout_s: float = 10.0) -> events.Outcome:
-        """Store ``job``; return its outcome once committed, or raise what refused it.
+    def run(self, work: Callable[[Runner], T]) -> T:
+        """Run ``work`` in the next batch; return its result once committed, or raise what
+        it raised (its savepoint rolled back) or what failed the batch.
 
         Waiting is bounded (``CONFHOOK_DELIVERY_WAIT_MS``): past the provider's patience a
         thread held for a stuck database serves nobody, and a 503 makes the provider retry.
         A job given up on stays queued and is still stored; its retry is then a duplicate.
         """
-        future: Future[events.Outcome] = Future()
-        self.jobs.put((job, future))
+        future: Future[Any] = Future()
+        self.jobs.put((work, future))
         self._ensure_thread()
-        return future.result(timeout=timeout_s)
+        return future.result(timeout=self.wait_s)  # type: ignore[no-any-return]
 
     def _ensure_thread(self) -> None:
         # Started on first use, so each gunicorn worker (a fork) gets its own.
@@ -106,7 +97,7 @@ class GroupCommitter:
             self._take_waiting(batch)
             self._commit(batch)
 
-    def _take_waiting(self, batch: list[tuple[Job, Future[events.Outcome]]]) -> None:
+    def _take_waiting(self, batch: list[tuple[Work, Future[Any]]]) -> None:
         while len(batch) < MAX_BATCH:
             try:
                 batch.append(self.jobs.get_nowait())
@@ -132,10 +123,10 @@ class GroupCommitter:
         finally:
             fcntl.flock(self.lock_file.fileno(), fcntl.LOCK_UN)
 
-    def _store(self, batch: list[tuple[Job, Future[events.Outcome]]],
-               done: list[tuple[Future[events.Outcome], events.Outcome | None,
+    def _store(self, batch: list[tuple[Work, Future[Any]]],
+               done: list[tuple[Future[Any], Any,
                                 BaseException | None]]) -> None:
-        """One transaction for ``batch``; a savepoint per delivery, so a refused one rolls
+        """One transaction for ``batch``; a savepoint per delivery, so one that fails rolls
         back alone. A failure of the transaction itself discards the connection."""
         if self.connection is None:
             dbapi_error = self.engine.dialect.loaded_dbapi.Error
@@ -146,12 +137,12 @@ class GroupCommitter:
         run = Runner(self.connection.driver_connection, self.engine.dialect)
         try:
             run.driver_sql("BEGIN IMMEDIATE")
-            for job, future in batch:
+            for work, future in batch:
                 run.driver_sql("SAVEPOINT delivery")
                 try:
-                    outcome = events.record(run, subject=job.subject, channel=job.channel,
-                                            method=job.method, event=job.event)
-                except (events.Rejected, DBAPIError) as exc:
+                    outcome = work(run)
+                except Exception as exc:
+                    # Anything at all: this delivery alone is rolled back and answered 503.
                     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                         # Not this delivery's fault but the connection's (lost, or opened
                         # read-only while the file was unwritable): the batch fails, and
@@ -176,8 +167,13 @@ class GroupCommitter:
         except BaseException as exc:
             done.clear()
             connection, self.connection = self.connection, None
+            # The cursor first: SQLite keeps a connection closed with a statement still open
+            # alive, with its write transaction and lock, and its file descriptor.
+            run.close()
             with contextlib.suppress(Exception):
-                connection.invalidate()  # rolls back what this batch did, if anything
+                connection.driver_connection.rollback()
+            with contextlib.suppress(Exception):
+                connection.invalidate()
             if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 # The pool's other connections were opened alike (while the file was
                 # unwritable, say): new ones for all, as SQLAlchemy does on a disconnect.
@@ -186,8 +182,8 @@ class GroupCommitter:
         finally:
             run.close()
 
-    def _commit(self, batch: list[tuple[Job, Future[events.Outcome]]]) -> None:
-        done: list[tuple[Future[events.Outcome], events.Outcome | None,
+    def _commit(self, batch: list[tuple[Work, Future[Any]]]) -> None:
+        done: list[tuple[Future[Any], Any,
                          BaseException | None]] = []
         try:
             with self._writer_lock():

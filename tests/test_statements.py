@@ -1,4 +1,4 @@
-"""Statements run on the DBAPI cursor (app/prepared.py) do what ``Session.execute`` does.
+"""Statements run on the DBAPI cursor (app/statements.py) do what ``Session.execute`` does.
 
 On the database the suite runs on: SQLite, or PostgreSQL with CONFHOOK_TEST_POSTGRES_URL.
 """
@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import db
 from app.models import Conference, utcnow
-from app.prepared import Prepared, Runner
+from app.statements import Prepared, Runner
 
 CONF = Conference.__table__
 

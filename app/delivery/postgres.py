@@ -1,27 +1,13 @@
-"""PostgreSQL: deliveries are stored on connections of a pool of their own, without its ping.
+"""Storing deliveries on PostgreSQL: each in its own transaction, on a pool kept for them.
 
-On PostgreSQL a delivery commits its own transaction (``app/groupcommit.py`` says why there
-is no group commit there). Through a Session on the app's engine, each delivery also paid for
-the pool's ping at checkout (one more round trip to the server) and for the Session's
-bookkeeping. Here the same statements (``app/prepared.py``) run in one transaction on a
-connection of a pool kept for deliveries (most recently used first, so a few stay warm):
-a fifth to a third more deliveries a second (bench/README.md).
-
-Without the ping, a connection may be dead when taken (the server restarted, a firewall cut
-it while idle). So one that has been idle for ``IDLE_PING_S`` is pinged before use, and
-replaced if dead. A failure that shows the server went away closes that connection and
-retires every connection opened before it, so that each is replaced before its next
-delivery rather than failing it. The delivery that met the failure gets a 503 as before,
-and the provider retries.
-
-A server that stops answering without closing the connection (frozen by a storage stall or
-a paused VM, or its host gone while the connection stays open) would hold the delivery's
-thread for as long as it lasts: TCP's own timeouts take minutes, and never come while the
-server's kernel still acknowledges. So a delivery waits at most ``CONFHOOK_DELIVERY_WAIT_MS``
-on the server: past it, the :class:`Watchdog` shuts the connection's socket down, which wakes
-the thread at once with an error. The delivery gets the same 503 as one that waited too long
-for a connection, and the connection is replaced. It may have been committed meanwhile; the
-provider's retry is then a duplicate.
+The server takes concurrent writers as they come (row locks, its own WAL group commit), so
+every delivery commits alone; a batch could hold several conferences' row locks at once and
+deadlock with another instance's. The pool has no ping at checkout (one round trip less): a
+connection idle for ``IDLE_PING_S`` is pinged before use, and a failure that shows the
+server went away retires every connection opened before it. A server that stops answering
+without closing anything would hold the thread for as long as TCP waits: the
+:class:`Watchdog` shuts the socket down once ``CONFHOOK_DELIVERY_WAIT_MS`` (and a grace) has
+passed, and the delivery is a 503. Whatever fails rolls back that delivery alone.
 """
 
 from __future__ import annotations
@@ -41,11 +27,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.prepared import Runner
+from app.statements import Runner
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "confhook.deliveryconn"
 IDLE_PING_S = 5.0
 
 T = TypeVar("T")
@@ -132,7 +117,7 @@ def _shut_down(fd: int) -> None:
             sock.close()
 
 
-class DeliveryConnections:
+class PostgresStore:
     """Run a delivery's statements in one transaction on a connection of ``engine``'s pool.
 
     The whole delivery waits at most ``wait_s`` (and a grace) for the server: the

@@ -1,18 +1,10 @@
-"""Core statements compiled once per dialect and run on the DBAPI cursor of a session's connection.
+"""Statements compiled once per dialect and run on a DBAPI cursor: the delivery path's SQL.
 
-The delivery path runs the same four or five statements for every event. Through
-``Session.execute`` each one costs SQLAlchemy's whole execution machinery (cache lookup of the
-compiled form, an execution context, parameter processing, a result object): about 1.5 ms of
-Python per delivery, spent by the one thread that holds the database's write lock. Here a
-statement is compiled once, with its parameter order, defaults and SQLAlchemy's own bind
-processors (datetimes for SQLite, JSON, booleans), and each execution is one
-``cursor.execute`` in the transaction the session already opened. The SQL is the same
-SQLAlchemy would send.
-
-What it gives up, on purpose: result processing (the statements here return plain integers
-and strings), and SQLAlchemy's events. Errors are raised as SQLAlchemy's ``DBAPIError``
-subclasses, as ``Session.execute`` would, and a lost connection is invalidated the same way
-(a read-only one too, as the engines of ``app/db.py`` do).
+Each statement is compiled once, with its parameter order, defaults and SQLAlchemy's own bind
+processors, and each run is one ``cursor.execute`` in the caller's transaction: the SQL
+SQLAlchemy would send, without its per-execution machinery (bench/README.md measures it).
+Results are plain rows; errors are SQLAlchemy's ``DBAPIError`` subclasses, and a lost or
+read-only connection is invalidated as the engines of ``app/db.py`` do.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PostgreSQL: deliveries on connections of their own pool, without its ping (app/deliveryconn.py).
+"""PostgreSQL: deliveries on connections of a pool of their own, without its ping.
 
 Connections are reused without a round trip to check them; one that the server has closed is
 found by the ping after idling, or by the delivery that meets it, and then replaced.
@@ -13,19 +13,20 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, event, text
 
-from app import deliveryconn
+from app import delivery
+from app.delivery import postgres
 from tests import events as ev
 from tests.conftest import AUTH, create, path_of
 
 
 @pytest.fixture
-def connections(app: Flask, database_url: str) -> deliveryconn.DeliveryConnections:
+def connections(app: Flask, database_url: str) -> postgres.PostgresStore:
     if database_url.startswith("sqlite"):
         pytest.skip("on SQLite the group committer stores deliveries")
-    return app.extensions[deliveryconn.EXTENSION]  # type: ignore[no-any-return]
+    return delivery.intake(app).store  # type: ignore[no-any-return]
 
 
-def _opened(connections: deliveryconn.DeliveryConnections) -> list[int]:
+def _opened(connections: postgres.PostgresStore) -> list[int]:
     opened: list[int] = []
     event.listen(connections.engine, "connect", lambda *_: opened.append(1))
     return opened
@@ -49,7 +50,7 @@ def _cut_delivery_connections(database_url: str) -> int:
 
 
 def test_deliveries_reuse_one_connection(client: FlaskClient,
-                                         connections: deliveryconn.DeliveryConnections) -> None:
+                                         connections: postgres.PostgresStore) -> None:
     conf = create(client)
     opened = _opened(connections)
     pinged: list[int] = []
@@ -65,19 +66,19 @@ def test_deliveries_reuse_one_connection(client: FlaskClient,
 
 
 def test_a_connection_closed_while_idle_is_replaced_before_use(
-        client: FlaskClient, connections: deliveryconn.DeliveryConnections,
+        client: FlaskClient, connections: postgres.PostgresStore,
         database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = create(client)
     assert _send(client, conf, 0).status_code == 204
     assert _cut_delivery_connections(database_url) >= 1
-    monkeypatch.setattr(deliveryconn, "IDLE_PING_S", 0.0)  # every connection counts as idle
+    monkeypatch.setattr(postgres, "IDLE_PING_S", 0.0)  # every connection counts as idle
     opened = _opened(connections)
     assert _send(client, conf, 1).status_code == 204  # the ping found it dead: no 503
     assert len(opened) == 1
 
 
 def test_a_dead_connection_met_mid_delivery_is_a_503_and_all_older_ones_are_retired(
-        client: FlaskClient, connections: deliveryconn.DeliveryConnections,
+        client: FlaskClient, connections: postgres.PostgresStore,
         database_url: str) -> None:
     conf = create(client)
     assert _send(client, conf, 0).status_code == 204

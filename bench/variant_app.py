@@ -1,0 +1,69 @@
+"""The service with one performance layer taken out, for ``bench/ingest.py --without LAYER``.
+
+Each layer of the delivery path stays only while it pays: more than 10 % in the ingest
+benchmark, or a fault test that fails without it. This app is the production app
+(``wsgi.py``) with the layer named by ``BENCH_WITHOUT`` replaced by the plain way:
+
+- ``group-commit`` (SQLite): each request thread commits its own delivery, waiting for
+  SQLite's lock with its busy handler, instead of handing it to the process's writer thread;
+- ``file-lock`` (SQLite): the writers of several processes meet only at SQLite's own lock;
+- ``delivery-pool`` (PostgreSQL): deliveries use the app's own pool, which pings every
+  connection at checkout, instead of a pool of their own.
+
+A benchmark fixture only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Engine
+
+from app import db, delivery
+from app.delivery.postgres import PostgresStore
+from app.delivery.sqlite import SQLiteStore
+from app.statements import Runner
+from wsgi import app
+
+T = TypeVar("T")
+
+
+class OwnTransactions:
+    """SQLite without group commit: every delivery in a transaction of its own thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def run(self, work: Callable[[Runner], T]) -> T:
+        connection: Any = self.engine.raw_connection()
+        run = Runner(connection.driver_connection, self.engine.dialect)
+        try:
+            run.driver_sql("BEGIN IMMEDIATE")
+            result = work(run)
+            run.driver_sql("COMMIT")
+            return result
+        except BaseException:
+            run.close()
+            connection.driver_connection.rollback()
+            raise
+        finally:
+            run.close()
+            connection.close()
+
+
+LAYER = os.environ["BENCH_WITHOUT"]
+intake = delivery.intake(app)
+engine = db.database(app).engine
+if LAYER == "group-commit":
+    assert isinstance(intake.store, SQLiteStore), "group commit is SQLite's"
+    intake.store = OwnTransactions(engine)
+elif LAYER == "file-lock":
+    assert isinstance(intake.store, SQLiteStore), "the writers' file lock is SQLite's"
+    intake.store.lock_path = None
+elif LAYER == "delivery-pool":
+    assert isinstance(intake.store, PostgresStore), "the delivery pool is PostgreSQL's"
+    intake.store = PostgresStore(engine, None, intake.store.wait_s)
+else:
+    raise SystemExit(f"BENCH_WITHOUT: no layer {LAYER!r}")
