@@ -37,7 +37,7 @@ def register_blueprints(app: Flask) -> None:
     logs.init_app(app)
     app.before_request(require_utf8_query_string)
     health.init_app(app)
-    delivery.init_app(app)
+    delivery.init_app(app)  # a WSGI layer beneath Flask: the door for /callbacks/
     api.init_app(app)  # after delivery: its document describes the callback endpoint too
     admin.init_app(app)  # last: it exempts the other blueprints from CSRF checks
 

@@ -21,6 +21,6 @@ def deliver(channel: str, subject: str, key: str) -> Response:
     return Response(status=204)
 
 
-@app.get("/readyz")
+@app.get("/healthz")
 def ready() -> Response:
     return Response(status=200)

@@ -77,7 +77,7 @@ def deliver(channel: str, subject: str, key: str) -> Response:
     return Response(status=204)
 
 
-@app.get("/readyz")
+@app.get("/healthz")
 def ready() -> Response:
     _connection()
     return Response(status=200)

@@ -75,7 +75,7 @@ def served(app: str, port: int, env: dict[str, str], log: Path) -> Iterator[str]
         deadline = time.monotonic() + 30
         while True:
             try:
-                if requests.get(f"{url}/readyz", timeout=1).ok:
+                if requests.get(f"{url}/healthz", timeout=1).ok:
                     break
             except requests.RequestException:
                 pass
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true",
                         help="send --events deliveries in rounds, print worker RSS")
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--without", choices=("group-commit", "file-lock", "delivery-pool"),
+    parser.add_argument("--without", choices=("group-commit", "file-lock", "delivery-pool",
+                                                  "entrance"),
                         help="also measure the service with this layer taken out "
                              "(bench/variant_app.py)")
     args = parser.parse_args(argv)

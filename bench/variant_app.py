@@ -8,7 +8,9 @@ benchmark, or a fault test that fails without it. This app is the production app
   SQLite's lock with its busy handler, instead of handing it to the process's writer thread;
 - ``file-lock`` (SQLite): the writers of several processes meet only at SQLite's own lock;
 - ``delivery-pool`` (PostgreSQL): deliveries use the app's own pool, which pings every
-  connection at checkout, instead of a pool of their own.
+  connection at checkout, instead of a pool of their own;
+- ``entrance``: deliveries come in through a Flask route (with Flask's contexts, hooks and
+  response object) that hands the same parts to the same intake, instead of the WSGI door.
 
 A benchmark fixture only.
 """
@@ -19,9 +21,11 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from flask import Response, g, request
 from sqlalchemy.engine import Engine
 
 from app import db, delivery
+from app.delivery.intake import Parts
 from app.delivery.postgres import PostgresStore
 from app.delivery.sqlite import SQLiteStore
 from app.statements import Runner
@@ -65,5 +69,16 @@ elif LAYER == "file-lock":
 elif LAYER == "delivery-pool":
     assert isinstance(intake.store, PostgresStore), "the delivery pool is PostgreSQL's"
     intake.store = PostgresStore(engine, None, intake.store.wait_s)
+elif LAYER == "entrance":
+    app.wsgi_app = app.wsgi_app.inner  # type: ignore[attr-defined,method-assign]
+
+    @app.route("/callbacks/<channel>/<subject>/<key>", methods=["GET", "POST"])
+    def deliver(channel: str, subject: str, key: str) -> Response:
+        body = request.get_data() if request.method == "POST" else None
+        answer = intake.receive(Parts(channel, subject, key, request.method,
+                                      request.query_string, request.mimetype,
+                                      request.content_length, body))
+        g.delivery = answer.delivery
+        return Response(answer.body(), status=answer.status, headers=answer.headers)
 else:
     raise SystemExit(f"BENCH_WITHOUT: no layer {LAYER!r}")

@@ -331,3 +331,41 @@ def test_readiness_writes_through_the_deliveries_store(app: Flask, client: Flask
         assert db.read_session().execute(text("SELECT count(*) FROM readiness_probe")
                                          ).scalar() == 1
     assert delivery.intake(app).store is not None
+
+
+# -- the door ----------------------------------------------------------------------------------
+
+def test_bodies_that_do_not_arrive_whole_are_400_and_store_nothing(
+        client: FlaskClient, conf: dict[str, Any]) -> None:
+    url = path_of(conf["callbackUrl"])
+    body = json.dumps(ev.conference(conf["conferenceId"], "created", tag="weekly")).encode()
+    for length in ("abc", str(len(body) + 10)):
+        response = client.post(url, data=body, content_type="application/json",
+                               environ_overrides={"CONTENT_LENGTH": length})
+        assert response.status_code == 400, length
+        assert response.get_json()["error"]["code"] == "invalid_body"
+    assert client.get(f"/api/v1/conferences/{conf['id']}/events",
+                      headers=AUTH).get_json()["data"] == []
+
+
+def test_a_chunked_body_is_read_and_one_over_the_limit_refused(
+        live_app: Any, conf: dict[str, Any]) -> None:
+    import requests
+
+    event = ev.conference(conf["conferenceId"], "created", tag="weekly")
+    chunks = iter([json.dumps(event).encode()])
+    response = requests.post(conf["callbackUrl"], data=chunks, timeout=10,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 204, response.text
+    big = iter([b'{"eventType": "x", "pad": "', b"y" * 70_000, b'"}'])
+    response = requests.post(conf["callbackUrl"], data=big, timeout=10,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_paths_that_are_not_a_callback_url_are_404_json(client: FlaskClient) -> None:
+    for path in ("/callbacks/", "/callbacks/callback/x", "/callbacks/elsewhere/a/b",
+                 "/callbacks/callback/a/b/c"):
+        response = client.post(path, json={"eventType": "conference"})
+        assert response.status_code == 404, path
+        assert response.get_json()["error"]["code"] == "not_found"

@@ -1,5 +1,6 @@
 """Receiving the provider's deliveries: one path from a request to a stored event.
 
+- ``entrance``: the WSGI door every request under ``/callbacks/`` comes in by;
 - ``intake``: the one function every delivery goes through (verify, read, store, answer);
 - ``interpret``: a delivery's fields as one normalised event, flagged where not understood;
 - ``filing``: the event's row, its conference, the views it updates, filing again later;
@@ -11,44 +12,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Flask, current_app
 from sqlalchemy.engine import make_url
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import Map, Rule
 
 from app import db
-from app.delivery.intake import ROUTE, Intake, Parts, Store
+from app.delivery.entrance import Entrance
+from app.delivery.intake import ROUTE, Intake, Store
 from app.delivery.postgres import PostgresStore
 from app.delivery.rejections import RejectionCounter
 from app.delivery.sqlite import SQLiteStore
 from app.keys import CHANNELS
 
-bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
 EXTENSION = "confhook.intake"
 
 
 def intake(app: Flask | None = None) -> Intake:
     return (app or current_app).extensions[EXTENSION]  # type: ignore[no-any-return]
-
-
-@bp.route("/<channel>/<subject>/<key>", methods=["GET", "POST"])
-def deliver(channel: str, subject: str, key: str) -> Response:
-    this = intake()
-    body = None
-    length = request.content_length
-    if request.method == "POST" and (length or 0) <= this.max_bytes:
-        try:
-            body = request.get_data(cache=False)
-        except RequestEntityTooLarge:
-            length = this.max_bytes + 1
-    answer = this.receive(Parts(channel, subject, key, request.method, request.query_string,
-                                request.mimetype, length, body))
-    g.delivery = answer.delivery  # the request's log line carries it (app/logs.py)
-    response = Response(answer.body(), status=answer.status, headers=answer.headers)
-    if answer.error is None:
-        del response.headers["Content-Type"]  # no content, so no type
-    else:
-        response.content_type = "application/json"
-    return response
 
 
 def make_store(app: Flask) -> Store:
@@ -72,7 +52,8 @@ def init_app(app: Flask) -> None:
         max_bytes=app.config["CONFHOOK_MAX_BODY_BYTES"], store=make_store(app),
         rejections=RejectionCounter(app.config["CONFHOOK_REJECTION_FLUSH_MS"] / 1000),
         new_session=db.database(app).writer)
-    app.register_blueprint(bp)
+    # Beneath Flask: the door for every request under /callbacks/.
+    app.wsgi_app = Entrance(intake(app), app.wsgi_app)  # type: ignore[method-assign]
 
 
 _ANSWERS = {
@@ -92,7 +73,8 @@ _ANSWERS = {
 
 def document(spec: Any, app: Flask) -> None:
     """Describe the provider-facing endpoint in the API's OpenAPI document."""
-    rule = next(r for r in app.url_map.iter_rules() if r.endpoint == f"{bp.name}.deliver")
+    rule = Rule(ROUTE, endpoint="callbacks.deliver", defaults={})
+    Map([rule])  # binds it: its parameters are read from it
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     responses: dict[str, Any] = {
         "204": {"description": "Stored (matched, unmatched, conflicting, or invalid: kept as "
@@ -127,4 +109,4 @@ def document(spec: Any, app: Flask) -> None:
     })
 
 
-__all__ = ["ROUTE", "bp", "document", "init_app", "intake"]
+__all__ = ["ROUTE", "document", "init_app", "intake"]

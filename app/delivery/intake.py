@@ -41,8 +41,9 @@ class Store(Protocol):
 
 @dataclass(frozen=True)
 class Parts:
-    """A delivery as an entrance read it: ``body`` is None when none was read (a GET, or one
-    whose declared ``length`` is over the limit)."""
+    """A delivery as the entrance read it: ``body`` is None when none was read (a GET, or one
+    whose declared ``length`` is over the limit); ``readable`` is False when the body did not
+    arrive whole. ``channel`` is empty when the path has not the route's shape."""
 
     channel: str
     subject: str
@@ -52,6 +53,8 @@ class Parts:
     mimetype: str
     length: int | None
     body: bytes | None
+    readable: bool = True
+    request_id: str | None = None
 
 
 @dataclass
@@ -77,7 +80,7 @@ class Intake:
 
     def receive(self, parts: Parts) -> Answer:
         """Answer one delivery; in an app context (logging, the store's engine)."""
-        if parts.channel not in CHANNELS:
+        if parts.channel not in CHANNELS:  # an empty one too: not the route's shape
             return self._refuse(parts, 404, "not_found", "no such callback URL")
         if parts.method not in ("GET", "POST"):
             answer = self._refuse(parts, 405, "method_not_allowed",
@@ -87,6 +90,8 @@ class Intake:
         if not key_matches(self.secrets, parts.subject, parts.key):
             return self._refuse(parts, 401, "unauthorized", "unknown callback URL or key",
                                 reason="bad_key")
+        if not parts.readable:
+            return self._refuse(parts, 400, "invalid_body", "the body did not arrive whole")
         if len(parts.query) > self.max_bytes:
             return self._refuse(parts, 414, "uri_too_long",
                                 f"query string over {self.max_bytes} bytes")
@@ -126,16 +131,19 @@ class Intake:
             return _unavailable("database_busy", "the database is busy; retry later")
         except DBAPIError as exc:
             if db.is_lock_wait(exc):
-                log.warning("delivery: a lock was not granted in time")
+                log.warning("delivery: a lock was not granted in time",
+                            extra={"request_id": parts.request_id})
                 return _unavailable("database_busy", "the database is busy (locked); "
                                     "retry later")
-            log.error("database unavailable: %s", db.error_name(exc))
+            log.error("database unavailable: %s", db.error_name(exc),
+                      extra={"request_id": parts.request_id})
             return _unavailable("database_unavailable",
                                 "the database is unavailable; retry later")
         except Exception:
             # Not this delivery's fault, or a fault of ours: rolled back alone, and retried.
             log.exception("delivery: storing failed", extra={
-                "channel": parts.channel, "subject": parts.subject[:40]})
+                "channel": parts.channel, "subject": parts.subject[:40],
+                "request_id": parts.request_id})
             return _unavailable("storing_failed", "the event could not be stored; "
                                 "retry later")
         result = "duplicate" if outcome.duplicate else (
@@ -157,7 +165,8 @@ class Intake:
         metrics.delivery(None, parts.channel, parts.method,
                          "rejected" if status == 401 else "refused")
         log.warning("delivery refused: %s", reason, extra={
-            "reason": reason, "channel": parts.channel[:16], "subject": parts.subject[:40]})
+            "reason": reason, "channel": parts.channel[:16], "subject": parts.subject[:40],
+            "request_id": parts.request_id})
         return Answer(status, error={"code": code, "message": message, "details": {}})
 
 
