@@ -94,11 +94,6 @@ class _OutOfRange(str):
     """A JSON number too large for a float, kept as the text it was sent as."""
 
 
-def _number(text: str) -> Any:
-    value = float(text)
-    return value if math.isfinite(value) else _OutOfRange(text)
-
-
 def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -128,8 +123,17 @@ def read_body(body: bytes, mimetype: str) -> Received:
         raise NotADelivery(400, "invalid_body", "the body holds a NUL byte")
     if mimetype == FORM_TYPE:
         return _from_pairs(parse_qsl(text, keep_blank_values=True), text)
+    out_of_range: list[str] = []
+
+    def number(literal: str) -> Any:
+        value = float(literal)
+        if math.isfinite(value):
+            return value
+        out_of_range.append(literal)
+        return _OutOfRange(literal)
+
     try:
-        value = json.loads(text, parse_float=_number, parse_constant=_not_json)
+        value = json.loads(text, parse_float=number, parse_constant=_not_json)
     except RecursionError:
         return Received({}, text, "body: nested too deeply to read")
     except ValueError:
@@ -138,6 +142,11 @@ def read_body(body: bytes, mimetype: str) -> Received:
         return Received({}, text, "body: not a JSON object")
     if len(value) > MAX_FIELDS:
         return Received({}, text, f"body: more than {MAX_FIELDS} fields")
+    # Only an escape (\u0000, a lone \ud800), a number past a float's range, or deep
+    # nesting can make a value unstorable: the common delivery skips the walk.
+    if not (out_of_range or "\\u" in text
+            or text.count("{") + text.count("[") > MAX_DEPTH):
+        return Received(value)
     problems: list[str] = []
     clean = _storable(value, "", 0, problems)
     if problems:
@@ -155,10 +164,11 @@ def _from_pairs(pairs: Sequence[tuple[str, str]], raw: str) -> Received:
         fields[name] = value
     if len(pairs) > MAX_FIELDS:
         problem = problem or f"body: more than {MAX_FIELDS} fields"
-    problems: list[str] = []
-    clean = _storable(fields, "", 0, problems)
-    problem = problem or (problems[0] if problems else None)
-    return Received(clean, raw if problem else None, problem)
+    if any("\x00" in name or "\x00" in value for name, value in fields.items()):
+        problems: list[str] = []
+        fields = _storable(fields, "", 0, problems)
+        problem = problem or problems[0]
+    return Received(fields, raw if problem else None, problem)
 
 
 def _field(name: str) -> str:
