@@ -24,9 +24,10 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
-    from app import db
+    from app import catapult, db
 
     db.init_app(app)
+    catapult.init_app(app)
     logging.getLogger("app").setLevel(logging.INFO)
 
 

@@ -1,4 +1,4 @@
-"""The provider client: Catapult v1 conferences over one ``requests.Session``.
+"""The provider client: Catapult v1 conferences over one ``requests.Session``, one per app.
 
 Every call has connect and read timeouts. Retries happen only where they cannot create
 anything twice: a connection that was never established (any method), and for reads also
@@ -13,10 +13,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from app import metrics
+
+EXTENSION = "confhook.catapult"
 
 
 class CatapultError(Exception):
@@ -173,3 +176,19 @@ def _short(value: Any, limit: int = 128) -> str | None:
     if value is None:
         return None
     return str(value)[:limit]
+
+
+def init_app(app: Flask) -> None:
+    """Give ``app`` its provider client, built from its settings (no I/O)."""
+    config = app.config
+    app.extensions[EXTENSION] = CatapultClient(
+        config["CATAPULT_API_URL"], config["CATAPULT_USER_ID"],
+        config["CATAPULT_API_TOKEN"], config["CATAPULT_API_SECRET"],
+        connect_timeout=config["CATAPULT_CONNECT_TIMEOUT_S"],
+        read_timeout=config["CATAPULT_READ_TIMEOUT_S"], retries=config["CATAPULT_RETRIES"],
+    )
+
+
+def client(app: Flask | None = None) -> CatapultClient:
+    """The app's provider client."""
+    return (app or current_app).extensions[EXTENSION]  # type: ignore[no-any-return]

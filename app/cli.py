@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,9 @@ from flask.cli import with_appcontext
 from sqlalchemy.engine import make_url
 from werkzeug.security import generate_password_hash
 
-from app import conferences, db, keys
+from app import catapult, conferences, db, keys, retention
+from app.models import utcnow
+from app.represent import conference_json
 from config.settings import PROJECT_ROOT
 
 
@@ -34,6 +39,7 @@ def upgrade_database(url: str) -> None:
 
 
 @click.command("migrate")
+@with_appcontext
 def migrate_command() -> None:
     """Apply every database migration (run before starting the service)."""
     upgrade_database(current_app.config["DATABASE_URL"])
@@ -45,11 +51,10 @@ def migrate_command() -> None:
 @click.option("--tag", default=None)
 @click.option("--method", "callback_method", default=None, type=click.Choice(["GET", "POST"]))
 @click.option("--timeout", "callback_timeout", default=None, type=int, help="Milliseconds.")
+@with_appcontext
 def create_conference_command(from_number: str, tag: str | None, callback_method: str | None,
                               callback_timeout: int | None) -> None:
     """Create a conference on the provider with this service's callback URLs."""
-    from app.api import conference_json, provider
-
     body: dict[str, object] = {"from": from_number}
     if tag is not None:
         body["tag"] = tag
@@ -58,22 +63,17 @@ def create_conference_command(from_number: str, tag: str | None, callback_method
     if callback_timeout is not None:
         body["callbackTimeout"] = callback_timeout
     try:
-        request = conferences.parse_create(body, current_app.config)
+        conference = conferences.create(db.write_session(), catapult.client(), body,
+                                        current_app.config)
     except conferences.InvalidRequest as exc:
         raise click.ClickException(f"{exc}: {json.dumps(exc.details)}") from None
-    session = db.write_session()
-    conference = conferences.prepare(session, request, current_app.config)
-    session.commit()
-    try:
-        conferences.submit(session, provider(), conference)
     except conferences.ProviderFailed as exc:
-        session.commit()
         raise click.ClickException(f"provider failed: {exc}") from None
-    session.commit()
-    click.echo(json.dumps(conference_json(conference), indent=2))
+    click.echo(json.dumps(conference_json(conference, []), indent=2))
 
 
 @click.command("shared-callback-url")
+@with_appcontext
 def shared_callback_url_command() -> None:
     """Print the shared callback and fallback URLs, for conferences made elsewhere."""
     callback, fallback = keys.callback_urls(current_app.config, keys.SHARED)
@@ -100,13 +100,6 @@ def hash_password_command(password: str) -> None:
 @with_appcontext
 def purge_command(days: int, batch_size: int, archive_path: str | None, dry_run: bool) -> None:
     """Purge (or archive, then purge) ended conferences and events older than N days."""
-    import gzip
-    from contextlib import nullcontext
-    from datetime import timedelta
-
-    from app import retention
-    from app.models import utcnow
-
     cutoff = utcnow() - timedelta(days=days)
     database = db.database()
     if dry_run:

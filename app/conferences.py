@@ -32,7 +32,7 @@ from app.models import TAG_MAX_LENGTH, Conference, Event, Member, new_conference
 
 log = logging.getLogger(__name__)
 
-E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")  # matched whole (fullmatch): no trailing newline
 CALLBACK_TIMEOUT_RANGE = (100, 10_000)
 CREATE_FIELDS = ("from", "tag", "callbackHttpMethod", "callbackTimeout")
 
@@ -76,7 +76,7 @@ def parse_create(body: Any, defaults: Mapping[str, Any]) -> CreateRequest:
     from_number = body.get("from")
     if from_number is None:
         details["from"] = "required"
-    elif not isinstance(from_number, str) or not E164.match(from_number):
+    elif not isinstance(from_number, str) or not E164.fullmatch(from_number):
         details["from"] = "must be an E.164 phone number such as +19195551212"
 
     tag = body.get("tag")
@@ -106,6 +106,27 @@ def parse_create(body: Any, defaults: Mapping[str, Any]) -> CreateRequest:
         raise InvalidRequest("invalid conference request", details)
     return CreateRequest(from_number=from_number, tag=tag or None,
                          callback_method=method.upper(), callback_timeout_ms=timeout)
+
+
+def create(session: Session, client: CatapultClient, body: Any,
+           config: Mapping[str, Any]) -> Conference:
+    """Create a conference on the provider with this service's callback URLs.
+
+    The one way to create one: the API, the admin page and the CLI call it. It commits twice,
+    on purpose: the pending row before the provider is called (its callbacks may arrive
+    before its answer), then the outcome. Raises :class:`InvalidRequest` (nothing stored) or
+    :class:`ProviderFailed` (the row is kept as ``failed``, with the provider's error).
+    """
+    request = parse_create(body, config)
+    conference = prepare(session, request, config)
+    session.commit()
+    try:
+        submit(session, client, conference)
+    except ProviderFailed:
+        session.commit()
+        raise
+    session.commit()
+    return conference
 
 
 def prepare(session: Session, request: CreateRequest, config: Mapping[str, Any]) -> Conference:

@@ -26,8 +26,8 @@ from typing import IO, Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.api.represent import conference_json, event_json, member_json
 from app.models import Conference, Event, Member, RejectedDelivery, SigninFailure
+from app.represent import conference_json, event_json, member_json
 
 ENDED = ("completed", "failed")
 

@@ -74,7 +74,7 @@ def test_terminate_ends_the_conference_through_the_provider(
 
 def test_terminate_needs_a_conference_the_provider_knows(client: FlaskClient,
                                                          app: Flask) -> None:
-    from app.api import provider
+    from app.catapult import client as provider
 
     provider(app).base = "http://127.0.0.1:9/v1/users/u"  # the create fails: never created
     response = client.post("/api/v1/conferences", json={"from": "+19195551212"},
@@ -113,7 +113,7 @@ def test_refresh_reconciles_a_view_whose_callbacks_were_lost(
 def test_refresh_maps_provider_errors(client: FlaskClient, emulator: ThreadedServer,
                                       app: Flask, live_app: ThreadedServer) -> None:
     conference = create(client)
-    from app.api import provider
+    from app.catapult import client as provider
 
     provider(app).session.auth = ("tok", "wrong")
     response = client.post(f"/api/v1/conferences/{conference['id']}/refresh", headers=AUTH)

@@ -186,7 +186,7 @@ def test_provider_failures_are_5xx_and_not_retried(client: FlaskClient, provider
 
 def test_unreachable_provider_is_502(client: FlaskClient, provider: FakeProvider,
                                      app: object) -> None:
-    from app.api import provider as client_of
+    from app.catapult import client as client_of
 
     client_of(app).base = "http://127.0.0.1:9/v1/users/u"  # type: ignore[arg-type]
     status, error = post(client, {"from": "+19195551212"})

@@ -20,15 +20,15 @@ from marshmallow import ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from app import conferences, db, queries
+from app import catapult, conferences, db, queries
 from app.admin import bp, require_admin
 from app.admin.charts import Media, per_minute_chart, timeline
-from app.api import provider, schemas
-from app.api.represent import iso
+from app.api import schemas
 from app.catapult import CatapultError
 from app.delivery import filing
 from app.errors import APIError
 from app.models import CONFERENCE_STATES, MATCH_STATES, Conference, Event, channels_of
+from app.represent import iso
 
 PAGE = 50
 _provider_health: dict[str, Any] = {"checked": 0.0, "ok": None, "detail": ""}
@@ -52,7 +52,7 @@ def provider_health() -> tuple[bool | None, str]:
     if now - _provider_health["checked"] > PROVIDER_HEALTH_TTL_S:
         started = time.perf_counter()
         try:
-            provider().ping()
+            catapult.client().ping()
             _provider_health.update(ok=True, detail=f"{(time.perf_counter() - started) * 1000:.0f}"
                                                     " ms")
         except CatapultError as exc:
@@ -200,20 +200,16 @@ def create_conference() -> Any:
     if form.get("callbackTimeout"):
         body["callbackTimeout"] = form["callbackTimeout"]
     try:
-        create = conferences.parse_create(body, current_app.config)
+        conference = conferences.create(db.write_session(), catapult.client(), body,
+                                        current_app.config)
+        flash(f"Conference {conference.id} created on the provider as "
+              f"{conference.conference_id}.", "ok")
     except conferences.InvalidRequest as exc:
         return render_template("admin/new_conference.html", errors=exc.details,
                                form=form), 422
-    session = db.write_session()
-    conference = conferences.prepare(session, create, current_app.config)
-    session.commit()
-    try:
-        conferences.submit(session, provider(), conference)
-        flash(f"Conference {conference.id} created on the provider as "
-              f"{conference.conference_id}.", "ok")
     except conferences.ProviderFailed as exc:
+        conference = exc.conference
         flash(f"The provider refused the conference: {exc}", "error")
-    session.commit()
     return redirect(url_for("admin.conference_page", ident=conference.id))
 
 
@@ -229,7 +225,7 @@ def track_conference() -> Any:
                                track_form=form), 422
     session = db.write_session()
     try:
-        tracked = conferences.track(session, provider(), conference_id, current_app.config)
+        tracked = conferences.track(session, catapult.client(), conference_id, current_app.config)
         session.commit()
     except conferences.ProviderFailed as exc:
         session.rollback()
@@ -238,7 +234,7 @@ def track_conference() -> Any:
                                track_form=form), 422
     except IntegrityError:
         session.rollback()  # tracked by someone else meanwhile
-        tracked = conferences.track(session, provider(), conference_id, current_app.config)
+        tracked = conferences.track(session, catapult.client(), conference_id, current_app.config)
     conference = tracked.conference
     message = (f"Now tracking {conference_id} as {conference.id}." if tracked.created
                else f"{conference_id} is tracked already, as {conference.id}.")
@@ -254,7 +250,7 @@ def track_conference() -> Any:
 def terminate_conference(ident: str) -> Response:
     conference = conference_or_404(ident)
     try:
-        conferences.terminate(provider(), conference)
+        conferences.terminate(catapult.client(), conference)
         flash("The provider is ending the conference; its last events will follow.", "ok")
     except conferences.NotOnProvider:
         flash("This conference was never created on the provider.", "error")

@@ -16,7 +16,7 @@ from marshmallow import RAISE
 
 from app import conferences, db
 from app.api import schemas
-from app.catapult import CatapultAPIError, CatapultClient, CatapultTimeout
+from app.catapult import CatapultAPIError, CatapultTimeout
 from app.errors import APIError
 from app.models import Conference
 from app.payload import decode_json, find_nul, is_json, reject_nul_in_request
@@ -24,8 +24,6 @@ from app.queries import InvalidQuery, fingerprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1",
                description="Conferences, their members and their callback events.")
-
-_CLIENT = "confhook.catapult"
 
 
 class ConfhookApi(Api):  # type: ignore[misc]
@@ -88,10 +86,6 @@ def query_key(args: dict[str, Any], *exclude: str) -> str:
 
 def invalid_query(exc: InvalidQuery) -> APIError:
     return APIError(400, "invalid_parameter", str(exc), {exc.field: exc.problem})
-
-
-def provider(app: Flask | None = None) -> CatapultClient:
-    return (app or current_app).extensions[_CLIENT]  # type: ignore[no-any-return]
 
 
 def provider_error(exc: conferences.ProviderFailed, creating: bool = False) -> APIError:
@@ -162,14 +156,7 @@ def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> R
 
 
 def init_app(app: Flask) -> None:
-    config = app.config
-    app.extensions[_CLIENT] = CatapultClient(
-        config["CATAPULT_API_URL"], config["CATAPULT_USER_ID"],
-        config["CATAPULT_API_TOKEN"], config["CATAPULT_API_SECRET"],
-        connect_timeout=config["CATAPULT_CONNECT_TIMEOUT_S"],
-        read_timeout=config["CATAPULT_READ_TIMEOUT_S"], retries=config["CATAPULT_RETRIES"],
-    )
-    config.update(
+    app.config.update(
         API_TITLE="confhook", API_VERSION="v1", OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api/v1", OPENAPI_JSON_PATH="openapi.json",
         API_SPEC_OPTIONS={

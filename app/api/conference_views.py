@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, current_app, url_for
 from sqlalchemy.exc import IntegrityError
 
-from app import conferences, db, queries
+from app import catapult, conferences, db, queries
 from app.api import (
     PROVIDER_ERRORS,
     QUERY,
@@ -19,15 +19,14 @@ from app.api import (
     json_body,
     naive,
     ok,
-    provider,
     provider_error,
     query_key,
     schemas,
 )
 from app.api.event_views import event_filter, event_page
-from app.api.represent import conference_json, counts_json, member_detail_json
 from app.errors import APIError
 from app.models import Conference
+from app.represent import conference_json, counts_json, member_detail_json
 
 
 @bp.post("/conferences")
@@ -39,19 +38,12 @@ from app.models import Conference
 def create_conference() -> Response:
     """Create a conference on the provider with this service's callback URLs."""
     try:
-        create = conferences.parse_create(json_body(), current_app.config)
+        conference = conferences.create(db.write_session(), catapult.client(), json_body(),
+                                        current_app.config)
     except conferences.InvalidRequest as exc:
         raise APIError(422, "invalid_request", str(exc), exc.details) from None
-    session = db.write_session()
-    conference = conferences.prepare(session, create, current_app.config)
-    # Committed before the provider is called: its callbacks may arrive before its answer.
-    session.commit()
-    try:
-        conferences.submit(session, provider(), conference)
     except conferences.ProviderFailed as exc:
-        session.commit()
         raise provider_error(exc, creating=True) from None
-    session.commit()
     return ok(conference_json(conference, []), 201,
               {"Location": url_for("api.get_conference", ident=conference.id)})
 
@@ -70,7 +62,7 @@ def track_conference(body: dict[str, Any]) -> Response:
     """
     session = db.write_session()
     try:
-        tracked = conferences.track(session, provider(), body["conferenceId"],
+        tracked = conferences.track(session, catapult.client(), body["conferenceId"],
                                     current_app.config)
         session.commit()
     except conferences.ProviderFailed as exc:
@@ -82,7 +74,7 @@ def track_conference(body: dict[str, Any]) -> Response:
     except IntegrityError:
         # Tracked at the same moment by another request: answer with that one.
         session.rollback()
-        tracked = conferences.track(session, provider(), body["conferenceId"],
+        tracked = conferences.track(session, catapult.client(), body["conferenceId"],
                                     current_app.config)
     members = conferences.members(session, tracked.conference)
     return ok({"conference": conference_json(tracked.conference, members),
@@ -161,7 +153,7 @@ def terminate_conference(ident: str) -> Response:
     """Ask the provider to end the conference; its callbacks then complete the view."""
     conference = conference_or_404(ident)
     try:
-        conferences.terminate(provider(), conference)
+        conferences.terminate(catapult.client(), conference)
     except conferences.NotOnProvider:
         raise APIError(409, "not_on_provider", "the conference was never created on the "
                        "provider", {"conference": conference.id, "state": conference.state}
@@ -180,7 +172,7 @@ def refresh_conference(ident: str) -> Response:
     session = db.write_session()
     conference = session.get(Conference, conference.id) or conference
     try:
-        changes = conferences.refresh(session, provider(), conference)
+        changes = conferences.refresh(session, catapult.client(), conference)
     except conferences.NotOnProvider:
         raise APIError(409, "not_on_provider", "the conference was never created on the "
                        "provider", {"conference": conference.id, "state": conference.state}

@@ -22,10 +22,10 @@ from app.api import (
     query_key,
     schemas,
 )
-from app.api.represent import event_json, stats_json
 from app.delivery import filing
 from app.errors import APIError
 from app.models import Event
+from app.represent import event_json, stats_json
 
 CSV_COLUMNS = ("id", "eventType", "unknownType", "conference", "conferenceId", "memberId",
                "callId", "status", "tag", "eventTime", "receivedAt", "lastReceivedAt",

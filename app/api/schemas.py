@@ -122,7 +122,7 @@ class ConferenceCreateBody(Strict):
     """Documents the create body; ``conferences.parse_create`` validates it."""
 
     from_ = fields.String(required=True, data_key="from",
-                          validate=validate.Regexp(E164.pattern),
+                          validate=validate.Regexp(f"^{E164.pattern}$"),
                           metadata={"example": "+19195551212"})
     tag = fields.String(validate=validate.Length(max=TAG_MAX_LENGTH), allow_none=True)
     callbackHttpMethod = fields.String(validate=validate.OneOf(("GET", "POST")))
