@@ -2,11 +2,14 @@
 
 Every call has connect and read timeouts. Retries happen only where they cannot create
 anything twice: a connection that was never established (any method), and for reads also
-429 (honouring ``Retry-After``) and 5xx answers.
+5xx answers, and a 429 once the time its ``X-RateLimit-Reset`` (or ``Retry-After``) names has
+come, if that is within ``RATE_LIMIT_PATIENCE_S``; past it the 429 is raised, saying when to
+try again.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +23,7 @@ from urllib3.util.retry import Retry
 from app import metrics
 
 EXTENSION = "confhook.catapult"
+RATE_LIMIT_PATIENCE_S = 3.0  # how long a read waits for the provider's rate limit to reset
 
 
 class CatapultError(Exception):
@@ -30,13 +34,15 @@ class CatapultAPIError(CatapultError):
     """The provider answered with a non-2xx status; carries its error body."""
 
     def __init__(self, status: int, category: str | None, code: str | None,
-                 message: str | None, details: Any = None, retry_after: str | None = None):
+                 message: str | None, details: Any = None, retry_after: str | None = None,
+                 wait_s: float | None = None):
         self.status = status
         self.category = category
         self.code = code
         self.message = message
         self.details = details
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # whole seconds, for a Retry-After header
+        self.wait_s = wait_s  # a 429's time until the provider's limit resets
         super().__init__(f"provider answered {status}: {code or category or '-'}: "
                          f"{message or '(no message)'}")
 
@@ -83,19 +89,32 @@ class CatapultClient:
         retry = Retry(
             total=retries, connect=retries, read=retries, status=retries, other=0,
             allowed_methods=frozenset({"GET", "HEAD"}),
-            status_forcelist=(429, 500, 502, 503, 504),
-            backoff_factor=0.2, respect_retry_after_header=True,
+            status_forcelist=(500, 502, 503, 504),  # 429: see _request
+            backoff_factor=0.2, respect_retry_after_header=False,
             raise_on_status=False, raise_on_redirect=False,
         )
         adapter = HTTPAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.retries = retries
 
     def close(self) -> None:
         self.session.close()
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None
                  ) -> requests.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                return self._send(method, path, body)
+            except CatapultAPIError as exc:
+                wait = exc.wait_s
+                if (exc.status != 429 or method != "GET" or attempt == self.retries
+                        or wait is None or wait > RATE_LIMIT_PATIENCE_S):
+                    raise
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> requests.Response:
         operation = metrics.provider_operation(method, path)
         started = time.perf_counter()
         try:
@@ -168,8 +187,25 @@ def _api_error(response: requests.Response) -> CatapultAPIError:
         details = body.get("details")
     if message is None and response.text:
         message = _short(response.text, 300)
+    wait = rate_limit_wait(response.headers) if response.status_code == 429 else None
     return CatapultAPIError(response.status_code, category, code, message, details,
-                            response.headers.get("Retry-After"))
+                            None if wait is None else str(max(1, math.ceil(wait))), wait)
+
+
+def rate_limit_wait(headers: Any, now: float | None = None) -> float | None:
+    """Seconds until a 429's limit resets: ``X-RateLimit-Reset`` (milliseconds since the
+    epoch, the provider's header), else ``Retry-After`` (seconds); None if neither says."""
+    now = time.time() if now is None else now
+    reset = headers.get("X-RateLimit-Reset")
+    try:
+        if reset is not None:
+            return max(0.0, int(str(reset).strip()) / 1000 - now)
+        after = headers.get("Retry-After")
+        if after is not None:
+            return max(0.0, float(str(after).strip()))
+    except ValueError:
+        return None
+    return None
 
 
 def _short(value: Any, limit: int = 128) -> str | None:

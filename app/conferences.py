@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import reconcile
@@ -43,6 +44,16 @@ class InvalidRequest(Exception):
     def __init__(self, message: str, details: dict[str, str]):
         super().__init__(message)
         self.details = details
+
+
+class ConferenceIdTaken(CatapultError):
+    """The provider answered a create with a conference id another conference here has."""
+
+    def __init__(self, conference_id: str, taken_by: str) -> None:
+        super().__init__(f"the provider answered with conference id {conference_id}, which "
+                         f"conference {taken_by} here has already")
+        self.conference_id = conference_id
+        self.taken_by = taken_by
 
 
 class ProviderFailed(Exception):
@@ -170,11 +181,23 @@ def submit(session: Session, client: CatapultClient, conference: Conference) -> 
         raise ProviderFailed(conference, exc) from exc
 
     table = Conference.__table__
-    # A callback that outran the 201 may have filled in the id and moved the state on already:
-    # only fill what is still empty, only advance what is still pending.
-    session.execute(update(table).where(table.c.id == conference.id,
-                                        table.c.conference_id.is_(None))
-                    .values(conference_id=created.id))
+    taken_by = session.scalar(select(table.c.id).where(table.c.conference_id == created.id,
+                                                       table.c.id != conference.id))
+    if taken_by is None:
+        # A callback that outran the 201 may have filled in the id and moved the state on
+        # already: only fill what is still empty, only advance what is still pending.
+        try:
+            with session.begin_nested():
+                session.execute(update(table).where(table.c.id == conference.id,
+                                                    table.c.conference_id.is_(None))
+                                .values(conference_id=created.id))
+        except IntegrityError:  # another conference took it meanwhile
+            taken_by = session.scalar(select(table.c.id).where(
+                table.c.conference_id == created.id)) or "another"
+    if taken_by is not None:
+        error = ConferenceIdTaken(created.id, taken_by)
+        _record_failure(session, conference, error)
+        raise ProviderFailed(conference, error)
     session.execute(update(table).where(table.c.id == conference.id,
                                         table.c.state.in_(("pending", "failed")))
                     .values(state="created"))
@@ -195,6 +218,8 @@ def submit(session: Session, client: CatapultClient, conference: Conference) -> 
 def _record_failure(session: Session, conference: Conference, exc: CatapultError) -> None:
     if isinstance(exc, CatapultAPIError):
         status, code, message = exc.status, exc.code or exc.category, exc.message
+    elif isinstance(exc, ConferenceIdTaken):
+        status, code, message = None, "conference_id_taken", str(exc)
     elif isinstance(exc, CatapultTimeout):
         status, code = None, "provider_timeout"
         message = f"{exc}; the conference may exist on the provider"

@@ -201,3 +201,34 @@ def test_unknown_route_and_method_answer_json(client: FlaskClient) -> None:
     response = client.delete("/api/v1/conferences", headers=AUTH)
     assert response.status_code == 405
     assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_rate_limited_create_says_when_to_try_again_from_the_providers_reset(
+        client: FlaskClient, provider: FakeProvider) -> None:
+    import time
+
+    reset = str(int((time.time() + 30) * 1000))
+    provider.queue(Answer(status=429, body={"category": "too-many-requests"},
+                          headers={"X-RateLimit-Reset": reset}))
+    response = client.post("/api/v1/conferences", json={"from": "+19195551212"},
+                           headers=AUTH)
+    assert response.status_code == 429
+    assert response.get_json()["error"]["code"] == "provider_rate_limited"
+    assert 29 <= int(response.headers["Retry-After"]) <= 31
+    assert len(provider.requests) == 1
+
+
+def test_a_provider_id_another_conference_has_is_a_named_409_and_the_row_settles(
+        client: FlaskClient, provider: FakeProvider) -> None:
+    first = client.post("/api/v1/conferences", json={"from": "+19195551212"},
+                        headers=AUTH).get_json()
+    provider.queue(Answer(headers={
+        "Location": f"/v1/users/{provider.user_id}/conferences/{first['conferenceId']}"}))
+    status, error = post(client, {"from": "+19195551212"})
+    assert (status, error["error"]["code"]) == (409, "conference_id_taken")
+    assert error["error"]["details"]["takenBy"] == first["id"]
+    row = _failed_row(client, error)
+    assert row["state"] == "failed" and row["conferenceId"] is None
+    assert row["error"]["code"] == "conference_id_taken"
+    again = client.get(f"/api/v1/conferences/{first['id']}", headers=AUTH).get_json()
+    assert again["conferenceId"] == first["conferenceId"] and again["state"] == "created"

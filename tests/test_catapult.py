@@ -118,3 +118,37 @@ def test_create_without_location_is_an_error(script: tuple[Script, str]) -> None
     state.answers.append((201, None, {}, 0))
     with pytest.raises(CatapultUnavailable):
         client_for(url).create_conference({"from": "+19195551212"})
+
+
+def _reset_in(seconds: float) -> dict[str, str]:
+    return {"X-RateLimit-Reset": str(int((time.time() + seconds) * 1000))}
+
+
+def test_a_read_waits_for_the_rate_limit_to_reset_then_is_retried(
+        script: tuple[Script, str]) -> None:
+    state, url = script
+    limited = {"category": "too-many-requests", "code": "rate-limit", "message": "slow down"}
+    state.answers += [(429, limited, _reset_in(0.6), 0), (200, {"id": "c-1"}, {}, 0)]
+    began = time.monotonic()
+    assert client_for(url).get_conference("c-1") == {"id": "c-1"}
+    assert 0.4 <= time.monotonic() - began < 3  # it waited for the reset, not 0.2 s
+    assert len(state.seen) == 2
+
+
+def test_a_rate_limit_past_the_callers_patience_is_raised_saying_when(
+        script: tuple[Script, str]) -> None:
+    state, url = script
+    state.answers += [(429, {"code": "rate-limit"}, _reset_in(42), 0)]
+    began = time.monotonic()
+    with pytest.raises(CatapultAPIError) as caught:
+        client_for(url).get_conference("c-1")
+    assert time.monotonic() - began < 1 and len(state.seen) == 1  # no retry, no wait
+    assert caught.value.status == 429 and 41 <= int(caught.value.retry_after or 0) <= 43
+
+
+def test_a_create_refused_by_the_rate_limit_is_not_retried(script: tuple[Script, str]) -> None:
+    state, url = script
+    state.answers += [(429, {"code": "rate-limit"}, {"Retry-After": "1"}, 0)]
+    with pytest.raises(CatapultAPIError) as caught:
+        client_for(url).create_conference({"from": "+19195551212"})
+    assert caught.value.retry_after == "1" and len(state.seen) == 1

@@ -110,6 +110,9 @@ def provider_error(exc: conferences.ProviderFailed, creating: bool = False) -> A
         else:
             status, code = 502, "provider_error"
         message = f"the provider refused: {error.message or error.code or error.status}"
+    elif isinstance(error, conferences.ConferenceIdTaken):
+        status, code, message = 409, "conference_id_taken", str(error)
+        details.update(providerConferenceId=error.conference_id, takenBy=error.taken_by)
     elif isinstance(error, CatapultTimeout):
         status, code = 504, "provider_timeout"
         message = "the provider did not answer in time"
