@@ -28,6 +28,7 @@ from app.catapult import (
     CatapultTimeout,
     CatapultUnavailable,
 )
+from app.delivery.interpret import Fields
 from app.keys import callback_urls
 from app.models import TAG_MAX_LENGTH, Conference, Event, Member, new_conference_id
 
@@ -309,9 +310,9 @@ def track(session: Session, client: CatapultClient, conference_id: str,
         raise ProviderFailed(probe, CatapultUnavailable("provider answered an unexpected shape"))
     tag = remote.get("tag")
     from_number = remote.get("from")
-    method = str(remote.get("callbackHttpMethod") or "").upper()
-    timeout = remote.get("callbackTimeout")
+    method = str(remote.get("callbackHttpMethod") or "").strip().upper()
     lo, hi = CALLBACK_TIMEOUT_RANGE
+    timeout = Fields(remote, None).integer("callbackTimeout", hi)  # "5000" as well as 5000
     conference = Conference(
         id=probe.id, conference_id=conference_id,
         tag=tag if isinstance(tag, str) and tag and len(tag) <= TAG_MAX_LENGTH else None,
@@ -319,7 +320,7 @@ def track(session: Session, client: CatapultClient, conference_id: str,
         callback_url=_without_credentials(remote.get("callbackUrl")),
         fallback_url=_without_credentials(remote.get("fallbackUrl")),
         callback_method=method if method in ("GET", "POST") else "POST",
-        callback_timeout_ms=(timeout if isinstance(timeout, int) and lo <= timeout <= hi
+        callback_timeout_ms=(timeout if timeout is not None and lo <= timeout
                              else config["CONFHOOK_CALLBACK_TIMEOUT_MS"]),
         state="created",
     )

@@ -28,6 +28,8 @@ from werkzeug.security import generate_password_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR_CREDENTIALS = {"user": "u-local", "token": "local-token", "secret": "local-secret"}
+# The emulator's controls need its credentials too (they show every callback key).
+EMULATOR_AUTH = (EMULATOR_CREDENTIALS["token"], EMULATOR_CREDENTIALS["secret"])
 
 
 def _port_free(port: int) -> bool:
@@ -139,7 +141,7 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         urls = [f"{self.service_url}/readyz"]
         if self.with_emulator:
-            urls.insert(0, f"{self.emulator_url}/_emulator/faults")
+            urls.insert(0, f"{self.emulator_url}/_emulator/idle")
         for url in urls:
             while True:
                 for proc in self.processes:
@@ -231,7 +233,8 @@ def stored_events(stack: Stack, conference: str) -> list[dict[str, Any]]:
 def verify(stack: Stack, conference_ids: list[str]) -> Report:
     """Compare every event the emulator emitted with what the service stored, over HTTP."""
     report = Report()
-    emitted = requests.get(f"{stack.emulator_url}/_emulator/events", timeout=10).json()["data"]
+    emitted = requests.get(f"{stack.emulator_url}/_emulator/events", auth=EMULATOR_AUTH,
+                           timeout=10).json()["data"]
     for cid in conference_ids:
         report.conferences += 1
         stored = stored_events(stack, cid)
@@ -293,7 +296,7 @@ def demo(stack: Stack) -> int:
     session.headers.update(stack.auth())
     conference_ids = []
     for title, body, faults in DEMO:
-        requests.post(f"{stack.emulator_url}/_emulator/faults", json=faults,
+        requests.post(f"{stack.emulator_url}/_emulator/faults", auth=EMULATOR_AUTH, json=faults,
                       timeout=5).raise_for_status()
         created = session.post(f"{stack.service_url}/api/v1/conferences",
                                json={"from": "+19195551212", **body}, timeout=15)
@@ -302,12 +305,12 @@ def demo(stack: Stack) -> int:
             return 1
         conference = created.json()
         conference_ids.append(conference["id"])
-        run = requests.post(f"{stack.emulator_url}/_emulator/scenarios",
+        run = requests.post(f"{stack.emulator_url}/_emulator/scenarios", auth=EMULATOR_AUTH,
                             json={"conferenceId": conference["conferenceId"], "members": 3,
                                   "stepMs": 30}, timeout=5)
         run.raise_for_status()
         wait_idle(stack)
-        requests.post(f"{stack.emulator_url}/_emulator/faults",
+        requests.post(f"{stack.emulator_url}/_emulator/faults", auth=EMULATOR_AUTH,
                       json=dict.fromkeys(faults, 0), timeout=5).raise_for_status()
         print(f"  played: {title:<40} conference {conference['id']}")
     report = verify(stack, conference_ids)
@@ -362,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         token = stack.api_token
         print(f"""
 confhook is running on {stack.service_url} (SQLite: {database_url.split(':///', 1)[1]})
-provider emulator on {stack.emulator_url} (delivery log: {stack.emulator_url}/_emulator/deliveries)
+provider emulator on {stack.emulator_url}, a test tool: its delivery log
+  ({stack.emulator_url}/_emulator/deliveries) and other controls take its credentials,
+  -u local-token:local-secret
 API token for this checkout: {token}
 Admin page: {stack.service_url}/admin/ (password: {stack.admin_password})
 
@@ -370,7 +375,8 @@ Create a conference:
   curl -s -X POST {stack.service_url}/api/v1/conferences -H 'Authorization: Bearer {token}' \\
        -H 'Content-Type: application/json' -d '{{"from": "+19195551212", "tag": "demo"}}'
 Play a conference on it (members join, mute, hold, audio, leave):
-  curl -s -X POST {stack.emulator_url}/_emulator/scenarios -H 'Content-Type: application/json' \\
+  curl -s -X POST {stack.emulator_url}/_emulator/scenarios -u local-token:local-secret \\
+       -H 'Content-Type: application/json' \\
        -d '{{"conferenceId": "<conferenceId from the answer above>"}}'
 Read what was stored:
   curl -s {stack.service_url}/api/v1/conferences/<id>/events -H 'Authorization: Bearer {token}'

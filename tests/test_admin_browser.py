@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from app.keys import SHARED, callback_urls
-from scripts.local import EMULATOR_CREDENTIALS, Stack, running, wait_idle
+from scripts.local import EMULATOR_AUTH, EMULATOR_CREDENTIALS, Stack, running, wait_idle
 from tests.servers import free_port
 
 CHROMIUM = os.environ.get("CONFHOOK_CHROMIUM", "/usr/bin/chromium")
@@ -131,7 +131,8 @@ def test_an_operator_session(stack: Stack, page: Any) -> None:
     local_id = page.url.rstrip("/").rsplit("/", 1)[-1]
 
     # The emulator plays a conference; the open page refreshes itself as members join.
-    response = requests.post(f"{stack.emulator_url}/_emulator/scenarios", timeout=5, json={
+    response = requests.post(f"{stack.emulator_url}/_emulator/scenarios", auth=EMULATOR_AUTH,
+                             timeout=5, json={
         "conferenceId": conference_id, "members": 3, "stepMs": 700})
     assert response.status_code == 202, response.text
     page.evaluate("window.loadedOnce = true")

@@ -39,7 +39,8 @@ def idle(emulator: ThreadedServer) -> None:
 
 
 def play(emulator: ThreadedServer, conference: dict[str, Any], **options: Any) -> None:
-    response = requests.post(f"{emulator.url}/_emulator/scenarios", timeout=5, json={
+    response = requests.post(f"{emulator.url}/_emulator/scenarios", auth=("tok", "sec"),
+                             timeout=5, json={
         "conferenceId": conference["conferenceId"], "stepMs": 5, **options})
     assert response.status_code == 202
     idle(emulator)
@@ -69,7 +70,7 @@ def test_terminate_ends_the_conference_through_the_provider(
     assert provider_view(emulator, conference)["state"] == "completed"
     again = client.post(f"/api/v1/conferences/{conference['id']}/terminate", headers=AUTH)
     assert again.status_code == 409
-    assert again.get_json()["error"]["details"]["providerCode"] == "conference-completed"
+    assert again.get_json()["error"]["details"]["providerCode"] == "conference-error"
 
 
 def test_terminate_needs_a_conference_the_provider_knows(client: FlaskClient,
@@ -90,9 +91,11 @@ def test_terminate_needs_a_conference_the_provider_knows(client: FlaskClient,
 def test_refresh_reconciles_a_view_whose_callbacks_were_lost(
         client: FlaskClient, emulator: ThreadedServer, live_app: ThreadedServer) -> None:
     conference = create(client, tag="lossy")
-    requests.post(f"{emulator.url}/_emulator/faults", json={"drop": 100}, timeout=5)
+    requests.post(f"{emulator.url}/_emulator/faults", auth=("tok", "sec"), json={"drop": 100},
+                  timeout=5)
     play(emulator, conference, members=3, terminate=True)
-    requests.post(f"{emulator.url}/_emulator/faults", json={"drop": 0}, timeout=5)
+    requests.post(f"{emulator.url}/_emulator/faults", auth=("tok", "sec"), json={"drop": 0},
+                  timeout=5)
     before = client.get(f"/api/v1/conferences/{conference['id']}", headers=AUTH).get_json()
     assert before["state"] == "created" and before["members"] == []
     response = client.post(f"/api/v1/conferences/{conference['id']}/refresh", headers=AUTH)
@@ -176,3 +179,42 @@ def test_track_maps_provider_errors(client: FlaskClient, emulator: ThreadedServe
     error = response.get_json()["error"]
     assert error["code"] == "provider_not_found" and error["details"]["conference"] == "conf-nope"
     assert client.post("/api/v1/conferences/track", json={}, headers=AUTH).status_code == 422
+
+
+def test_the_providers_rate_limit_reaches_the_caller_as_its_reset_time(
+        client: FlaskClient, emulator: ThreadedServer, live_app: ThreadedServer) -> None:
+    conference = create(client, tag="limited")
+    idle(emulator)
+    requests.post(f"{emulator.url}/_emulator/faults", auth=("tok", "sec"), timeout=5,
+                  json={"rateLimit": 1, "rateLimitMs": 30_000})
+    response = client.post(f"/api/v1/conferences/{conference['id']}/refresh", headers=AUTH)
+    assert response.status_code == 429
+    assert response.get_json()["error"]["code"] == "provider_rate_limited"
+    assert 29 <= int(response.headers["Retry-After"]) <= 31
+    # A short wait is waited out: the read is retried once the limit resets.
+    requests.post(f"{emulator.url}/_emulator/faults", auth=("tok", "sec"), timeout=5,
+                  json={"rateLimit": 1, "rateLimitMs": 300})
+    response = client.post(f"/api/v1/conferences/{conference['id']}/refresh", headers=AUTH)
+    assert response.status_code == 200, response.get_json()
+
+
+def test_strings_from_the_provider_are_read_as_its_clients_read_them(
+        client: FlaskClient, app: Flask) -> None:
+    from app import db, reconcile
+    from app.models import Conference
+
+    conference = create(client, tag="strings")
+    with app.app_context():
+        session = db.database().writer()
+        row = session.get(Conference, conference["id"])
+        assert row is not None
+        changes = reconcile.reconcile(
+            session, row, {"state": "ACTIVE", "activeMembers": "1"},
+            [{"id": "m-1", "state": "Active", "mute": "true", "hold": "false",
+              "call": "https://x/v1/users/u/calls/c-1"}])
+        session.commit()
+        assert "activeMembers 0 -> 1" in changes and "member m-1 added" in changes
+    view = client.get(f"/api/v1/conferences/{conference['id']}", headers=AUTH).get_json()
+    assert view["state"] == "active" and view["activeMembers"] == 1
+    assert [(m["memberId"], m["mute"], m["hold"]) for m in view["members"]] == [
+        ("m-1", True, False)]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from scripts.local import Stack, running, verify, wait_idle
+from scripts.local import EMULATOR_AUTH, Stack, running, verify, wait_idle
 from tests.servers import free_port
 
 
@@ -39,7 +39,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def faults(stack: Stack, **counts: int) -> None:
-    requests.post(f"{stack.emulator_url}/_emulator/faults", json=counts,
+    requests.post(f"{stack.emulator_url}/_emulator/faults", auth=EMULATOR_AUTH, json=counts,
                   timeout=5).raise_for_status()
 
 
@@ -52,13 +52,13 @@ def create(stack: Stack, **body: Any) -> dict[str, Any]:
 
 
 def play(stack: Stack, conference: dict[str, Any], **options: Any) -> dict[str, Any]:
-    response = requests.post(f"{stack.emulator_url}/_emulator/scenarios",
+    response = requests.post(f"{stack.emulator_url}/_emulator/scenarios", auth=EMULATOR_AUTH,
                              json={"conferenceId": conference["conferenceId"], "members": 3,
                                    "stepMs": 20, **options}, timeout=5)
     assert response.status_code == 202, response.text
     wait_idle(stack)
     run = requests.get(f"{stack.emulator_url}/_emulator/scenarios/{response.json()['id']}",
-                       timeout=5).json()
+                       auth=EMULATOR_AUTH, timeout=5).json()
     assert run["status"] == "done", run
     return run  # type: ignore[no-any-return]
 
@@ -130,6 +130,12 @@ def test_every_delivered_event_is_stored_once_and_matched(stack: Stack, case: st
             assert len(both) == 3 and all(e["deliveries"] >= 2 for e in both)
         else:
             assert len(only_fallback) == 3
+    # Playback and speak events carry the audio request's tag, not the conference's: they
+    # are the conference's all the same, and their tag is kept as the audio's.
+    audio = {(e["eventType"], e["tag"], e["match"]) for e in events
+             if e["eventType"] in ("conference-playback", "conference-speak")}
+    assert audio == {("conference-playback", "hold-music", "matched"),
+                     ("conference-speak", "recording-notice", "matched")}
     if case == "provider duplicates":
         assert sum(e["deliveries"] - 1 for e in events) == 5
 
@@ -153,7 +159,7 @@ def test_delivery_log_shows_each_request(stack: Stack) -> None:
         wait_idle(stack)
     finally:
         faults(stack, failCallback=0)
-    log = requests.get(f"{stack.emulator_url}/_emulator/deliveries",
+    log = requests.get(f"{stack.emulator_url}/_emulator/deliveries", auth=EMULATOR_AUTH,
                        params={"conferenceId": conference["conferenceId"]}, timeout=5).json()
     rows = log["data"]
     assert [(r["channel"], r["ok"], r["fallbackUsed"]) for r in rows] == [

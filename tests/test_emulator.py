@@ -76,9 +76,10 @@ def make(emu: FlaskClient, receiver: Receiver | None = None, **body: Any) -> str
         body.setdefault("fallbackUrl", f"{receiver.url}/fb")
     response = emu.post(f"{BASE}/conferences", json=body, headers=BASIC)
     assert response.status_code == 201, response.get_json()
-    assert response.data == b""
+    assert response.data == b"" and "Content-Type" not in response.headers
     location = response.headers["Location"]
-    assert location.startswith(f"{BASE}/conferences/")
+    # Absolute, as the provider's .NET and Java clients need it.
+    assert location.startswith(f"http://localhost{BASE}/conferences/")
     return location.rsplit("/", 1)[1]
 
 
@@ -181,7 +182,7 @@ def test_basic_auth_in_the_callback_url_is_sent(emu: FlaskClient, receiver: Rece
     make(emu, callbackUrl=f"http://hook:pa55@{host}/cb")
     idle(emu)
     assert receiver.calls[0]["auth"] == "Basic " + base64.b64encode(b"hook:pa55").decode()
-    log = emu.get("/_emulator/deliveries").get_json()["data"]
+    log = emu.get("/_emulator/deliveries", headers=BASIC).get_json()["data"]
     assert "pa55" not in log[0]["url"]
 
 
@@ -193,12 +194,12 @@ def test_failing_callback_falls_back_and_then_retries(emu: FlaskClient,
     idle(emu)
     # callback, fallback, then one retry of both
     assert [c["path"] for c in receiver.calls] == ["cb", "fb", "cb", "fb"]
-    log = emu.get("/_emulator/deliveries").get_json()["data"]
+    log = emu.get("/_emulator/deliveries", headers=BASIC).get_json()["data"]
     assert [(r["channel"], r["status"], r["attempt"], r["fallbackUsed"]) for r in log] == [
         ("callback", 500, 1, False), ("fallback", 503, 1, True),
         ("callback", 500, 2, False), ("fallback", 503, 2, True)]
     assert all(r["latencyMs"] >= 0 for r in log)
-    [record] = emu.get("/_emulator/events").get_json()["data"]
+    [record] = emu.get("/_emulator/events", headers=BASIC).get_json()["data"]
     assert record["outcome"] == "failed"
 
 
@@ -218,7 +219,7 @@ def test_slow_callback_times_out_and_uses_the_fallback(emu: FlaskClient,
         idle(emu)
     finally:
         server.stop()
-    log = emu.get("/_emulator/deliveries").get_json()["data"]
+    log = emu.get("/_emulator/deliveries", headers=BASIC).get_json()["data"]
     assert [(r["channel"], r["error"]) for r in log] == [("callback", "timeout"),
                                                         ("fallback", None)]
     assert len(receiver.events("fb")) == 1
@@ -258,7 +259,8 @@ def test_members_join_change_and_leave(emu: FlaskClient, receiver: Receiver) -> 
     assert final["state"] == "completed"
     response = emu.post(f"{BASE}/conferences/{cid}/members", json={"callId": "c-3"},
                         headers=BASIC)
-    assert (response.status_code, response.get_json()["code"]) == (409, "conference-completed")
+    assert (response.status_code, response.get_json()["category"],
+            response.get_json()["code"]) == (403, "forbidden", "conference-error")
 
 
 def test_member_rules(emu: FlaskClient) -> None:
@@ -269,8 +271,8 @@ def test_member_rules(emu: FlaskClient) -> None:
         add(emu, cid, f"c-{n}")
     response = emu.post(f"{BASE}/conferences/{cid}/members", json={"callId": "c-20"},
                         headers=BASIC)
-    assert (response.status_code, response.get_json()["code"]) == (400,
-                                                                   "members-limit-exceeded")
+    assert (response.status_code, response.get_json()["category"],
+            response.get_json()["code"]) == (403, "limit", "conference-max-members")
     response = emu.post(f"{BASE}/conferences/{cid}/members", json={"callId": "c-1"},
                         headers=BASIC)
     assert response.status_code == 409
@@ -280,8 +282,7 @@ def test_audio_and_speech_start_and_finish(emu: FlaskClient, receiver: Receiver)
     cid = make(emu, receiver)
     response = emu.post(f"{BASE}/conferences/{cid}/audio",
                         json={"fileUrl": "https://a/x.mp3"}, headers=BASIC)
-    assert (response.status_code, response.get_json()["code"]) == (409,
-                                                                   "conference-not-active")
+    assert (response.status_code, response.get_json()["code"]) == (403, "conference-error")
     add(emu, cid, "c-1")
     assert emu.post(f"{BASE}/conferences/{cid}/audio", json={"fileUrl": "https://a/x.mp3"},
                     headers=BASIC).status_code == 200
@@ -289,7 +290,8 @@ def test_audio_and_speech_start_and_finish(emu: FlaskClient, receiver: Receiver)
     assert emu.post(f"{BASE}/conferences/{cid}/audio", json={"sentence": "hello"},
                     headers=BASIC).status_code == 200
     time.sleep(0.1)
-    for bad in ({}, {"fileUrl": "https://a/x.mp3", "sentence": "both"}, {"sentence": " "}):
+    for bad in ({}, {"fileUrl": "https://a/x.mp3", "sentence": "both"},
+                {"sentence": "x" * 1001}, {"fileUrl": "not a url"}):
         response = emu.post(f"{BASE}/conferences/{cid}/audio", json=bad, headers=BASIC)
         assert response.status_code == 400
     idle(emu)
@@ -313,7 +315,7 @@ def test_terminating_removes_members_then_completes(emu: FlaskClient,
     assert tail == [("conference-member", "completed"), ("conference-member", "completed"),
                     ("conference", "completed")]
     response = emu.post(f"{BASE}/conferences/{cid}", json={"mute": True}, headers=BASIC)
-    assert response.status_code == 409
+    assert (response.status_code, response.get_json()["code"]) == (403, "conference-error")
 
 
 def test_update_changes_callback_settings(emu: FlaskClient, receiver: Receiver) -> None:
@@ -330,48 +332,143 @@ def test_update_changes_callback_settings(emu: FlaskClient, receiver: Receiver) 
 # -- faults and scenarios ---------------------------------------------------------------------
 
 def test_faults_drop_and_duplicate(emu: FlaskClient, receiver: Receiver) -> None:
-    assert emu.post("/_emulator/faults", json={"drop": 1, "duplicate": 1}).status_code == 200
+    assert emu.post("/_emulator/faults", headers=BASIC,
+                    json={"drop": 1, "duplicate": 1}).status_code == 200
     cid = make(emu, receiver)
     add(emu, cid, "c-1")
     idle(emu)
-    outcomes = [r["outcome"] for r in emu.get("/_emulator/events").get_json()["data"]]
+    outcomes = [r["outcome"]
+                for r in emu.get("/_emulator/events", headers=BASIC).get_json()["data"]]
     assert outcomes == ["dropped", "delivered"]
     assert len(receiver.events("cb")) == 2  # the member event, twice
     assert receiver.events("cb")[0] == receiver.events("cb")[1]
-    response = emu.post("/_emulator/faults", json={"explode": 1})
+    response = emu.post("/_emulator/faults", headers=BASIC, json={"explode": 1})
     assert response.status_code == 400
 
 
 def test_slow_callback_fault_delivers_then_falls_back_however_fast_the_answer(
         emu: FlaskClient, receiver: Receiver) -> None:
-    emu.post("/_emulator/faults", json={"slowCallback": 1})
+    emu.post("/_emulator/faults", headers=BASIC, json={"slowCallback": 1})
     make(emu, receiver)  # the receiver answers at once; the fault still takes it as too late
     idle(emu)
-    log = emu.get("/_emulator/deliveries").get_json()["data"]
+    log = emu.get("/_emulator/deliveries", headers=BASIC).get_json()["data"]
     assert [(r["channel"], r["status"], r["error"]) for r in log] == [
         ("callback", None, "timeout"), ("fallback", 204, None)]
     assert receiver.events("cb") == receiver.events("fb")  # the same event, both ways
 
 
 def test_early_fault_delivers_before_answering(emu: FlaskClient, receiver: Receiver) -> None:
-    emu.post("/_emulator/faults", json={"early": 1})
+    emu.post("/_emulator/faults", headers=BASIC, json={"early": 1})
     make(emu, receiver)
     assert len(receiver.events("cb")) == 1  # already there when the 201 came back
 
 
 def test_scenario_plays_a_whole_conference(emu: FlaskClient, receiver: Receiver) -> None:
-    response = emu.post("/_emulator/scenarios", json={
+    response = emu.post("/_emulator/scenarios", headers=BASIC, json={
         "create": {"from": "+19195551212", "callbackUrl": f"{receiver.url}/cb", "tag": "s"},
         "members": 2, "stepMs": 5})
     assert response.status_code == 202
     run_id = response.get_json()["id"]
     idle(emu)
-    run = emu.get(f"/_emulator/scenarios/{run_id}").get_json()
+    run = emu.get(f"/_emulator/scenarios/{run_id}", headers=BASIC).get_json()
     assert run["status"] == "done" and run["error"] is None
     kinds = [(e["eventType"], e.get("state") or e.get("status")) for e in receiver.events()]
     assert kinds[0] == ("conference", "created") and kinds[-1] == ("conference", "completed")
     assert ("conference-speak", "done") in kinds and ("conference-playback", "done") in kinds
     assert sum(1 for k in kinds if k == ("conference-member", "completed")) == 2
-    assert emu.post("/_emulator/scenarios", json={"members": 2}).status_code == 400
-    assert emu.post("/_emulator/scenarios", json={"conferenceId": "conf-none"}
+    assert emu.post("/_emulator/scenarios", headers=BASIC, json={"members": 2}).status_code == 400
+    assert emu.post("/_emulator/scenarios", headers=BASIC, json={"conferenceId": "conf-none"}
                     ).status_code == 404
+
+
+def test_audio_events_carry_the_audio_requests_tag_and_empty_values_stop_it(
+        receiver: Receiver) -> None:
+    # Audio that would play for a minute: only the stop can end it within the test.
+    emu = create_app(EmulatorConfig(user_id=USER, token="tok", secret="sec",
+                                    media_ms=60_000)).test_client()
+    cid = make(emu, receiver, tag="room-7")
+    add(emu, cid, "c-1")
+    url = f"{BASE}/conferences/{cid}/audio"
+    assert emu.post(url, json={"fileUrl": "https://a/x.mp3", "tag": "music-1"},
+                    headers=BASIC).status_code == 200
+    assert emu.post(url, json={"fileUrl": ""}, headers=BASIC).status_code == 200  # stop
+    assert emu.post(url, json={"sentence": ""}, headers=BASIC).status_code == 200  # nothing
+    assert emu.post(url, json={"sentence": "hello", "tag": "notice"},
+                    headers=BASIC).status_code == 200
+    assert emu.post(url, json={"sentence": ""}, headers=BASIC).status_code == 200  # stop
+    idle(emu)
+    media = [(e["eventType"], e["status"], e.get("tag")) for e in receiver.events("cb")
+             if e["eventType"] in ("conference-playback", "conference-speak")]
+    assert media == [("conference-playback", "started", "music-1"),
+                     ("conference-playback", "done", "music-1"),
+                     ("conference-speak", "started", "notice"),
+                     ("conference-speak", "done", "notice")]
+    others = [e for e in receiver.events("cb") if e["eventType"] in ("conference",
+                                                                    "conference-member")]
+    assert others and all(e["tag"] == "room-7" for e in others)
+
+
+def test_audio_to_one_member_is_accepted_and_sends_no_conference_event(
+        emu: FlaskClient, receiver: Receiver) -> None:
+    cid = make(emu, receiver)
+    member = add(emu, cid, "c-1")
+    idle(emu)
+    before = len(receiver.events("cb"))
+    response = emu.post(f"{BASE}/conferences/{cid}/members/{member}/audio",
+                        json={"sentence": "just you"}, headers=BASIC)
+    assert response.status_code == 200 and "Content-Type" not in response.headers
+    response = emu.post(f"{BASE}/conferences/{cid}/members/nobody/audio",
+                        json={"sentence": "x"}, headers=BASIC)
+    assert (response.status_code, response.get_json()["code"]) == (
+        404, "conference-member-not-found")
+    assert isinstance(response.get_json()["details"], list)
+    idle(emu)
+    assert len(receiver.events("cb")) == before
+
+
+def test_enum_values_in_any_case_and_the_profile(emu: FlaskClient, receiver: Receiver) -> None:
+    cid = make(emu, receiver, callbackHttpMethod="post")
+    view = emu.get(f"{BASE}/conferences/{cid}", headers=BASIC).get_json()
+    assert view["profile"] == "interpret_digits" and view["callbackHttpMethod"] == "POST"
+    assert emu.post(f"{BASE}/conferences/{cid}", json={"state": "Completed"},
+                    headers=BASIC).status_code == 200
+    other = make(emu, profile="passthru_digits")
+    assert emu.get(f"{BASE}/conferences/{other}", headers=BASIC).get_json()["profile"] == (
+        "passthru_digits")
+    response = emu.post(f"{BASE}/conferences", json={"from": "+19195551212",
+                                                     "profile": "loud"}, headers=BASIC)
+    assert response.status_code == 400
+
+
+def test_errors_always_carry_a_message_and_a_list_of_details(emu: FlaskClient) -> None:
+    response = emu.get(f"{BASE}/conferences/conf-none")
+    body = response.get_json()
+    assert (response.status_code, body["category"]) == (401, "authentication")
+    assert body["message"] and body["details"] == []
+    body = emu.get(f"{BASE}/conferences/conf-none", headers=BASIC).get_json()
+    assert body["code"] == "conference-not-found" and body["details"] == []
+
+
+def test_the_controls_need_the_emulators_credentials(emu: FlaskClient) -> None:
+    for method, path in (("GET", "/_emulator/deliveries"), ("GET", "/_emulator/events"),
+                         ("POST", "/_emulator/scenarios"), ("POST", "/_emulator/faults"),
+                         ("DELETE", "/_emulator/deliveries")):
+        response = emu.open(path, method=method, json={})
+        assert response.status_code == 401, path
+    assert emu.get("/_emulator/idle").status_code == 200
+
+
+def test_a_rate_limit_fault_answers_429_with_the_reset_time(emu: FlaskClient) -> None:
+    assert emu.post("/_emulator/faults", headers=BASIC,
+                    json={"rateLimit": 1, "rateLimitMs": 5000}).status_code == 200
+    before = time.time() * 1000
+    response = emu.post(f"{BASE}/conferences", json={"from": "+19195551212"}, headers=BASIC)
+    assert response.status_code == 429
+    body = response.get_json()
+    assert (body["category"], body["code"]) == ("too-many-requests", "rate-limit-reached")
+    assert body["message"]
+    reset = int(response.headers["X-RateLimit-Reset"])
+    assert before + 4000 <= reset <= before + 7000
+    assert body["details"] == [{"name": "rateLimitResetTime", "value": str(reset)}]
+    assert emu.post(f"{BASE}/conferences", json={"from": "+19195551212"},
+                    headers=BASIC).status_code == 201  # only the next one

@@ -98,8 +98,11 @@ def provider_error(exc: conferences.ProviderFailed, creating: bool = False) -> A
                        providerCode=error.code, providerMessage=error.message)
         if error.status in (400, 422):
             status, code = 422, "provider_rejected"
-        elif error.status == 409:
+        elif error.status == 409 or (error.status == 403 and error.category == "forbidden"):
+            # 403 forbidden / conference-error: the conference's state does not allow it.
             status, code = 409, "provider_conflict"
+        elif error.status == 403 and error.category == "limit":
+            status, code = 422, "provider_rejected"
         elif error.status == 404 and not creating:
             status, code = 404, "provider_not_found"
         elif error.status == 429:

@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.emulator.delivery import FAULTS, Deliverer, Target
-from app.emulator.model import ProviderError, Store, bad_request
+from app.emulator.model import ProviderError, Store, bad_request, invalid_state, rate_limited
 from app.emulator.scenario import Scenario, ScenarioRunner
 
 
@@ -51,6 +51,7 @@ class Emulator:
         self.deliverer = Deliverer(config.retries, config.retry_delay_s)
         self.scenarios = ScenarioRunner(self)
         self.timers: list[threading.Timer] = []
+        self.playing: dict[tuple[str, str], Playing] = {}
 
     def target(self, conference_id: str) -> Target:
         with self.store.lock:
@@ -87,28 +88,94 @@ class Emulator:
                   self.store.update_member(user_id, conference_id, member_id, body))
 
     def audio(self, user_id: str, conference_id: str, body: dict[str, Any]) -> None:
-        kind, started = self.store.start_audio(user_id, conference_id, body)
+        """Play or speak to the whole conference; an empty ``fileUrl`` or ``sentence``
+        stops what plays. A new audio of a kind ends the one before it (its ``done``)."""
+        kind, stop, tag = self.store.audio_request(body)
+        with self.store.lock:
+            conference = self.store.active(conference_id)
+            before = self.playing.pop((conference_id, kind), None)
+            started = None if stop else self.store.media_event(
+                user_id, conference, kind, "started", tag)
+        if before is not None:
+            before.finish()
+        if started is None:
+            return
         self.emit(conference_id, [started])
-        self.deliverer.expect()  # the done event is owed: the emulator is not idle until sent
+        playing = Playing(self, user_id, conference_id, kind, tag)
+        playing.start(self.config.media_ms / 1000)
+        with self.store.lock:
+            if not playing.done:
+                self.playing[(conference_id, kind)] = playing
 
-        def finish() -> None:
-            try:
-                with self.store.lock:
-                    conference = self.store.get(conference_id)
-                    done = self.store.media_event(user_id, conference, kind, "done")
-                self.emit(conference_id, [done])
-            finally:
-                self.deliverer.fulfil()
+    def member_audio(self, user_id: str, conference_id: str, member_id: str,
+                     body: dict[str, Any]) -> None:
+        """Play or speak to one member. Its events are the member's *call's* playback and
+        speak events, sent to the call's own callback URL, which this emulator does not
+        model: none are sent, and none reach the conference's callback URL."""
+        self.store.audio_request(body)
+        with self.store.lock:
+            self.store.active(conference_id)
+            member = self.store.member(conference_id, member_id)
+            if member.state != "active":
+                raise invalid_state("conference member", member.id, member.state)
 
-        timer = threading.Timer(self.config.media_ms / 1000, finish)
-        timer.daemon = True
-        timer.start()
+
+class Playing:
+    """Audio that plays in a conference: its ``done`` event is sent once, when it ends or is
+    stopped."""
+
+    def __init__(self, emulator: Emulator, user_id: str, conference_id: str, kind: str,
+                 tag: str | None) -> None:
+        self.emulator = emulator
+        self.user_id = user_id
+        self.conference_id = conference_id
+        self.kind = kind
+        self.tag = tag
+        self.lock = threading.Lock()
+        self.done = False
+        self.timer: threading.Timer | None = None
+
+    def start(self, seconds: float) -> None:
+        self.emulator.deliverer.expect()  # the done event is owed: not idle until sent
+        self.timer = threading.Timer(seconds, self.finish)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def finish(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        emulator, store = self.emulator, self.emulator.store
+        try:
+            with store.lock:
+                if emulator.playing.get((self.conference_id, self.kind)) is self:
+                    del emulator.playing[(self.conference_id, self.kind)]
+                conference = store.get(self.conference_id)
+                done = store.media_event(self.user_id, conference, self.kind, "done", self.tag)
+            emulator.emit(self.conference_id, [done])
+        finally:
+            emulator.deliverer.fulfil()
 
 
 # -- the provider's API -----------------------------------------------------------------------
 
 @bp.before_request
 def _authenticate() -> None:
+    config = _emulator().config
+    _check_credentials()
+    user_id = (request.view_args or {}).get("user_id")
+    if user_id != config.user_id:
+        raise ProviderError(403, "forbidden", "forbidden",
+                            "These credentials are not for this user")
+    deliverer = _emulator().deliverer
+    if deliverer.take_fault("rateLimit"):
+        raise rate_limited(deliverer.faults.rateLimitMs)
+
+
+def _check_credentials() -> None:
     config = _emulator().config
     header = request.headers.get("Authorization", "")
     scheme, _, encoded = header.partition(" ")
@@ -119,12 +186,8 @@ def _authenticate() -> None:
     ok = hmac.compare_digest(user.encode(), config.token.encode())
     ok &= hmac.compare_digest(password.encode(), config.secret.encode())
     if not ok:
-        raise ProviderError(401, "unauthorized", "unauthorized",
+        raise ProviderError(401, "authentication", "unauthorized",
                             "Authentication is required: basic auth with token and secret")
-    user_id = (request.view_args or {}).get("user_id")
-    if user_id != config.user_id:
-        raise ProviderError(403, "forbidden", "forbidden",
-                            "These credentials are not for this user")
 
 
 def _body() -> dict[str, Any]:
@@ -145,11 +208,20 @@ def account(user_id: str) -> Response:
     return jsonify(balance="100.00", accountType="pre-pay")
 
 
+def _empty(status: int, location: str | None = None) -> Response:
+    """A success without a body: no content type either (Flask's default is HTML). A
+    ``Location`` is absolute, as some of the provider's clients need it."""
+    response = Response(status=status)
+    del response.headers["Content-Type"]
+    if location is not None:
+        response.headers["Location"] = request.host_url.rstrip("/") + location
+    return response
+
+
 @bp.post("/conferences")
 def create_conference(user_id: str) -> Response:
     conference_id = _emulator().create(user_id, _body())
-    return Response(status=201, headers={
-        "Location": f"/v1/users/{user_id}/conferences/{conference_id}"})
+    return _empty(201, f"/v1/users/{user_id}/conferences/{conference_id}")
 
 
 @bp.get("/conferences/<conference_id>")
@@ -162,13 +234,13 @@ def get_conference(user_id: str, conference_id: str) -> Response:
 @bp.post("/conferences/<conference_id>")
 def update_conference(user_id: str, conference_id: str) -> Response:
     _emulator().update(user_id, conference_id, _body())
-    return Response(status=200)
+    return _empty(200)
 
 
 @bp.post("/conferences/<conference_id>/audio")
 def conference_audio(user_id: str, conference_id: str) -> Response:
     _emulator().audio(user_id, conference_id, _body())
-    return Response(status=200)
+    return _empty(200)
 
 
 @bp.get("/conferences/<conference_id>/members")
@@ -182,8 +254,7 @@ def list_members(user_id: str, conference_id: str) -> Response:
 @bp.post("/conferences/<conference_id>/members")
 def add_member(user_id: str, conference_id: str) -> Response:
     member_id = _emulator().add_member(user_id, conference_id, _body())
-    return Response(status=201, headers={
-        "Location": f"/v1/users/{user_id}/conferences/{conference_id}/members/{member_id}"})
+    return _empty(201, f"/v1/users/{user_id}/conferences/{conference_id}/members/{member_id}")
 
 
 @bp.get("/conferences/<conference_id>/members/<member_id>")
@@ -196,10 +267,24 @@ def get_member(user_id: str, conference_id: str, member_id: str) -> Response:
 @bp.post("/conferences/<conference_id>/members/<member_id>")
 def update_member(user_id: str, conference_id: str, member_id: str) -> Response:
     _emulator().update_member(user_id, conference_id, member_id, _body())
-    return Response(status=200)
+    return _empty(200)
+
+
+@bp.post("/conferences/<conference_id>/members/<member_id>/audio")
+def member_audio(user_id: str, conference_id: str, member_id: str) -> Response:
+    _emulator().member_audio(user_id, conference_id, member_id, _body())
+    return _empty(200)
 
 
 # -- the emulator's own controls --------------------------------------------------------------
+
+@control.before_request
+def _authenticate_control() -> None:
+    """The controls make the emulator call out (scenarios) and show every callback URL with
+    its key (the logs): they need the emulator's credentials too. Only ``idle`` is open."""
+    if request.endpoint != "control.idle":
+        _check_credentials()
+
 
 @control.get("/deliveries")
 def deliveries() -> Response:
@@ -285,13 +370,15 @@ def create_app(config: EmulatorConfig | None = None) -> Flask:
     def _provider_error(exc: ProviderError) -> Response:
         response = jsonify(exc.body())
         response.status_code = exc.status
+        response.headers.update(exc.headers)
         return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         category = {404: "not-found", 405: "method-not-allowed"}.get(status, "bad-request")
-        response = jsonify(category=category, code=category, message=exc.description)
+        response = jsonify(category=category, code=category, message=exc.description,
+                           details=[])
         response.status_code = status
         return response
 

@@ -25,7 +25,7 @@ from app.emulator.model import now_iso
 DEFAULT_TIMEOUT_MS = 10_000
 LOG_LIMIT = 100_000
 FAULTS = ("drop", "delay", "delayMs", "duplicate", "reorder", "failCallback", "slowCallback",
-          "early")
+          "early", "rateLimit", "rateLimitMs")
 
 
 @dataclass
@@ -50,6 +50,8 @@ class Faults:
     failCallback: int = 0
     slowCallback: int = 0
     early: int = 0
+    rateLimit: int = 0  # API requests, not events: each answered 429
+    rateLimitMs: int = 1000  # when a 429's X-RateLimit-Reset falls, from now
 
     def take(self, name: str) -> bool:
         left = getattr(self, name)
@@ -95,6 +97,10 @@ class Deliverer:
         self.local = threading.local()
 
     # -- control
+
+    def take_fault(self, name: str) -> bool:
+        with self.cond:
+            return self.faults.take(name)
 
     def set_faults(self, changes: dict[str, Any]) -> dict[str, int]:
         with self.cond:

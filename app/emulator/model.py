@@ -17,14 +17,18 @@ from urllib.parse import urlsplit
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 MAX_MEMBERS = 20
 MAX_CALLBACK_TIMEOUT_MS = 10_000
+MAX_SENTENCE = 1000
+PROFILES = ("interpret_digits", "passthru_digits")
 
 
 class ProviderError(Exception):
     """An error answered in the provider's format: category, code, message, details."""
 
     def __init__(self, status: int, category: str, code: str, message: str,
-                 details: list[dict[str, str]] | None = None):
+                 details: list[dict[str, str]] | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
+        self.headers = headers or {}
         self.status = status
         self.category = category
         self.code = code
@@ -32,11 +36,9 @@ class ProviderError(Exception):
         self.details = details or []
 
     def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"category": self.category, "code": self.code,
-                                "message": self.message}
-        if self.details:
-            body["details"] = self.details
-        return body
+        # Always a message (one client reads it unguarded) and a list of details.
+        return {"category": self.category, "code": self.code, "message": self.message,
+                "details": self.details}
 
 
 def bad_request(code: str, message: str, name: str | None = None,
@@ -45,8 +47,38 @@ def bad_request(code: str, message: str, name: str | None = None,
     return ProviderError(400, "bad-request", code, message, details)
 
 
-def not_found(what: str) -> ProviderError:
-    return ProviderError(404, "not-found", f"{what}-not-found", f"The {what} was not found")
+def not_found(what: str, ident: str = "") -> ProviderError:
+    """``conference`` -> ``conference-not-found``; ``conference-member`` the same way."""
+    name = what.replace("-", " ")
+    return ProviderError(404, "not-found", f"{what}-not-found",
+                         f"The {name} {ident} could not be found".replace("  ", " "))
+
+
+def rate_limited(reset_ms: int) -> ProviderError:
+    """A 429 as the provider sends it: the time its limit resets, in milliseconds since the
+    epoch, in ``X-RateLimit-Reset`` and in the details."""
+    reset = str(int(datetime.now(UTC).timestamp() * 1000) + reset_ms)
+    return ProviderError(429, "too-many-requests", "rate-limit-reached",
+                         "The request rate limit was reached; try again after the reset time",
+                         [{"name": "rateLimitResetTime", "value": reset}],
+                         {"X-RateLimit-Reset": reset})
+
+
+def invalid_state(what: str, ident: str, state: str) -> ProviderError:
+    """What the provider answers to a change of a completed conference or member."""
+    return ProviderError(403, "forbidden", "conference-error",
+                         f"Unable to update {what} {ident}. Invalid {what} state {state}")
+
+
+def as_state(body: dict[str, Any]) -> str | None:
+    """``state``, in any letter case; only ``completed`` may be set."""
+    value = body.get("state")
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.strip().lower() != "completed":
+        raise bad_request("validation-error", "state can only be set to completed", "state",
+                          value)
+    return "completed"
 
 
 def now_iso() -> str:
@@ -88,10 +120,10 @@ def as_method(body: dict[str, Any]) -> str | None:
     value = body.get("callbackHttpMethod")
     if value is None:
         return None
-    if not isinstance(value, str) or value.upper() not in ("GET", "POST"):
+    if not isinstance(value, str) or value.strip().upper() not in ("GET", "POST"):
         raise bad_request("invalid-property", "callbackHttpMethod must be GET or POST",
                           "callbackHttpMethod", value)
-    return value.upper()
+    return value.strip().upper()
 
 
 def as_url(body: dict[str, Any], name: str) -> str | None:
@@ -140,6 +172,7 @@ class Conference:
     callback_method: str = "POST"
     callback_timeout_ms: int | None = None
     tag: str | None = None
+    profile: str = "interpret_digits"
     state: str = "created"
     completed_time: str | None = None
     hold: bool = False
@@ -173,6 +206,7 @@ class Store:
             "callbackHttpMethod": conference.callback_method,
             "callbackTimeout": conference.callback_timeout_ms,
             "fallbackUrl": conference.fallback_url, "tag": conference.tag,
+            "profile": conference.profile,
         }
         return {k: v for k, v in body.items() if v is not None}
 
@@ -187,16 +221,17 @@ class Store:
 
     # -- events, as the provider's callbacks carry them
 
-    def _common(self, user_id: str, conference: Conference, event_type: str) -> dict[str, Any]:
+    def _common(self, user_id: str, conference: Conference, event_type: str,
+                tag: str | None) -> dict[str, Any]:
         event: dict[str, Any] = {"eventType": event_type, "conferenceId": conference.id}
         if event_type != "conference-member":
             event["conferenceUri"] = self.conference_uri(user_id, conference)
-        if conference.tag is not None:
-            event["tag"] = conference.tag
+        if tag is not None:
+            event["tag"] = tag
         return event
 
     def conference_event(self, user_id: str, conference: Conference) -> dict[str, Any]:
-        event = self._common(user_id, conference, "conference")
+        event = self._common(user_id, conference, "conference", conference.tag)
         event["status"] = conference.state if conference.state == "completed" else "created"
         event["createdTime"] = conference.created_time
         if conference.completed_time:
@@ -205,7 +240,7 @@ class Store:
 
     def member_event(self, user_id: str, conference: Conference,
                      member: Member) -> dict[str, Any]:
-        event = self._common(user_id, conference, "conference-member")
+        event = self._common(user_id, conference, "conference-member", conference.tag)
         event.update(
             memberId=member.id, callId=member.call_id,
             memberUri=f"{self.conference_uri(user_id, conference)}/members/{member.id}",
@@ -215,8 +250,10 @@ class Store:
         return event
 
     def media_event(self, user_id: str, conference: Conference, kind: str,
-                    status: str) -> dict[str, Any]:
-        event = self._common(user_id, conference, f"conference-{kind}")
+                    status: str, tag: str | None) -> dict[str, Any]:
+        """A playback or speak event: it carries the audio request's tag, not the
+        conference's."""
+        event = self._common(user_id, conference, f"conference-{kind}", tag)
         event.update(status=status, time=now_iso())
         return event
 
@@ -225,7 +262,7 @@ class Store:
     def get(self, conference_id: str) -> Conference:
         conference = self.conferences.get(conference_id)
         if conference is None:
-            raise not_found("conference")
+            raise not_found("conference", conference_id)
         return conference
 
     def create(self, user_id: str, body: dict[str, Any]) -> tuple[Conference, list[dict]]:
@@ -235,8 +272,12 @@ class Store:
         if not isinstance(from_number, str) or not E164.match(from_number):
             raise bad_request("invalid-number", "from must be an E.164 number", "from",
                               from_number)
+        profile = body.get("profile", "interpret_digits")
+        if profile not in PROFILES:
+            raise bad_request("validation-error", f"profile must be one of {', '.join(PROFILES)}",
+                              "profile", profile)
         conference = Conference(
-            id=new_id("conf"), from_number=from_number, created_time=now_iso(),
+            id=new_id("conf"), from_number=from_number, created_time=now_iso(), profile=profile,
             callback_url=as_url(body, "callbackUrl"), fallback_url=as_url(body, "fallbackUrl"),
             callback_method=as_method(body) or "POST", callback_timeout_ms=as_timeout(body),
             tag=as_tag(body),
@@ -248,13 +289,9 @@ class Store:
     def update(self, user_id: str, conference_id: str, body: dict[str, Any]) -> list[dict]:
         with self.lock:
             conference = self.get(conference_id)
-            state = body.get("state")
-            if state is not None and state != "completed":
-                raise bad_request("invalid-property", "state can only be set to completed",
-                                  "state", state)
+            state = as_state(body)
             if conference.state == "completed":
-                raise ProviderError(409, "conflict", "conference-completed",
-                                    "The conference is completed and cannot change")
+                raise invalid_state("conference", conference.id, conference.state)
             method, timeout = as_method(body), as_timeout(body)
             callback, fallback = as_url(body, "callbackUrl"), as_url(body, "fallbackUrl")
             hold, mute = as_bool(body, "hold"), as_bool(body, "mute")
@@ -296,14 +333,13 @@ class Store:
         with self.lock:
             conference = self.get(conference_id)
             if conference.state == "completed":
-                raise ProviderError(409, "conflict", "conference-completed",
-                                    "Members cannot join a completed conference")
+                raise invalid_state("conference", conference.id, conference.state)
             if any(m.call_id == call_id and m.state == "active"
                    for m in conference.members.values()):
                 raise ProviderError(409, "conflict", "call-already-member",
                                     "The call is already a member of the conference")
             if conference.active_members >= MAX_MEMBERS:
-                raise ProviderError(400, "bad-request", "members-limit-exceeded",
+                raise ProviderError(403, "limit", "conference-max-members",
                                     f"A conference has at most {MAX_MEMBERS} members")
             member = Member(id=new_id("member"), call_id=call_id, added_time=now_iso(),
                             mute=bool(as_bool(body, "mute")), hold=bool(as_bool(body, "hold")),
@@ -316,7 +352,7 @@ class Store:
     def member(self, conference_id: str, member_id: str) -> Member:
         member = self.get(conference_id).members.get(member_id)
         if member is None:
-            raise not_found("member")
+            raise not_found("conference-member", member_id)
         return member
 
     def update_member(self, user_id: str, conference_id: str, member_id: str,
@@ -324,13 +360,9 @@ class Store:
         with self.lock:
             conference = self.get(conference_id)
             member = self.member(conference_id, member_id)
-            state = body.get("state")
-            if state is not None and state != "completed":
-                raise bad_request("invalid-property", "state can only be set to completed",
-                                  "state", state)
+            state = as_state(body)
             if member.state == "completed":
-                raise ProviderError(409, "conflict", "member-completed",
-                                    "The member has left the conference")
+                raise invalid_state("conference member", member.id, member.state)
             mute, hold = as_bool(body, "mute"), as_bool(body, "hold")
             join_tone, leaving_tone = as_bool(body, "joinTone"), as_bool(body, "leavingTone")
             member.join_tone = member.join_tone if join_tone is None else join_tone
@@ -351,21 +383,30 @@ class Store:
                 events.append(self.member_event(user_id, conference, member))
             return events
 
-    def start_audio(self, user_id: str, conference_id: str, body: dict[str, Any]
-                    ) -> tuple[str, dict]:
+    def audio_request(self, body: dict[str, Any]) -> tuple[str, bool, str | None]:
+        """Check an audio request (conference or member): its kind (``playback`` for a
+        ``fileUrl``, ``speak`` for a ``sentence``), whether it stops what plays (an empty
+        value), and its tag."""
         file_url, sentence = body.get("fileUrl"), body.get("sentence")
         if (file_url is None) == (sentence is None):
-            raise bad_request("invalid-property", "give exactly one of fileUrl or sentence",
+            raise bad_request("missing-property", "give exactly one of fileUrl or sentence",
                               "fileUrl", file_url or "")
+        tag = as_tag(body)
         if file_url is not None:
+            if file_url == "":
+                return "playback", True, tag
             as_url(body, "fileUrl")
-        elif not isinstance(sentence, str) or not sentence.strip():
-            raise bad_request("invalid-property", "sentence must be text", "sentence",
+            return "playback", False, tag
+        if not isinstance(sentence, str):
+            raise bad_request("validation-error", "sentence must be text", "sentence",
                               sentence)
-        with self.lock:
-            conference = self.get(conference_id)
-            if conference.state != "active":
-                raise ProviderError(409, "conflict", "conference-not-active",
-                                    "Audio needs an active conference")
-            kind = "playback" if file_url is not None else "speak"
-            return kind, self.media_event(user_id, conference, kind, "started")
+        if len(sentence) > MAX_SENTENCE:
+            raise bad_request("validation-error", f"sentence exceeds the limit of "
+                              f"{MAX_SENTENCE} characters", "sentence", len(sentence))
+        return "speak", sentence == "", tag
+
+    def active(self, conference_id: str) -> Conference:
+        conference = self.get(conference_id)
+        if conference.state != "active":
+            raise invalid_state("conference", conference.id, conference.state)
+        return conference

@@ -138,12 +138,14 @@ class ScenarioRunner:
                 step("member resumed")
             media_pause = emulator.config.media_ms / 1000 + 0.05
             if members and scenario.playback:
-                emulator.audio(user, cid, {"fileUrl": "https://audio.example.com/hold.mp3"})
+                # Audio requests carry tags of their own, as their events then do.
+                emulator.audio(user, cid, {"fileUrl": "https://audio.example.com/hold.mp3",
+                                           "tag": "hold-music"})
                 time.sleep(media_pause)
                 step("audio played")
             if members and scenario.speak:
                 emulator.audio(user, cid, {"sentence": "This call is being recorded.",
-                                           "voice": "kate"})
+                                           "voice": "kate", "tag": "recording-notice"})
                 time.sleep(media_pause)
                 step("sentence spoken")
             if scenario.terminate or not members:
