@@ -10,6 +10,7 @@ try again.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,17 @@ def id_from_location(location: str) -> str:
     if not ident:
         raise CatapultUnavailable(f"provider sent a Location without an id: {location!r}")
     return ident
+
+
+# The provider's ids (conf-…, member-…): a path segment, never "." or "..", which a URL
+# would resolve to another resource (with our credentials).
+PROVIDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def _segment(provider_id: str) -> str:
+    if not isinstance(provider_id, str) or not PROVIDER_ID.fullmatch(provider_id):
+        raise CatapultUnavailable(f"not a provider id: {str(provider_id)[:40]!r}")
+    return provider_id
 
 
 class CatapultClient:
@@ -163,14 +175,14 @@ class CatapultClient:
             raise _api_error(response)
 
     def get_conference(self, conference_id: str) -> dict[str, Any]:
-        return self._json(self._request("GET", f"conferences/{quote(conference_id, safe='')}"))
+        return self._json(self._request("GET", f"conferences/{_segment(conference_id)}"))
 
     def update_conference(self, conference_id: str, changes: dict[str, Any]) -> None:
-        self._request("POST", f"conferences/{quote(conference_id, safe='')}", changes)
+        self._request("POST", f"conferences/{_segment(conference_id)}", changes)
 
     def list_members(self, conference_id: str) -> list[dict[str, Any]]:
         return self._json(self._request(
-            "GET", f"conferences/{quote(conference_id, safe='')}/members"))
+            "GET", f"conferences/{_segment(conference_id)}/members"))
 
 
 def _api_error(response: requests.Response) -> CatapultAPIError:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from app.errors import APIError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _reject_constant(name: str) -> Any:
@@ -32,15 +35,24 @@ def is_json(mimetype: str) -> bool:
         mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
+def _unstorable(text: str) -> bool:
+    return "\x00" in text or _SURROGATE.search(text) is not None
+
+
+def _printable(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text.replace("\x00", "\\0"))
+
+
 def find_nul(value: Any, where: str = "body") -> str | None:
-    """Where a decoded value holds a NUL character (PostgreSQL stores none), or None."""
+    """Where a decoded value holds a NUL character (PostgreSQL stores none) or a lone
+    surrogate (no database's text is UTF-16), or None."""
     if isinstance(value, str):
-        return where if "\x00" in value else None
+        return _printable(where) if _unstorable(value) else None
     if isinstance(value, dict):
         for key, item in value.items():
             inner = f"{where}.{key}" if where != "body" else str(key)
-            if "\x00" in str(key):
-                return inner.replace("\x00", "\\0")
+            if _unstorable(str(key)):
+                return _printable(inner)
             found = find_nul(item, inner)
             if found:
                 return found

@@ -48,7 +48,15 @@ def decode_cursor(cursor: str, query: str, id_type: type) -> tuple[datetime, Any
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         got, when, ident = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        key = (datetime.fromisoformat(when), id_type(ident))
+        # What a forged cursor holds is bounded: a 64-bit id, a short string id.
+        if id_type is int and not (type(ident) is int and 0 <= ident < 2**63):
+            raise ValueError("id out of range")
+        if id_type is str and not (isinstance(ident, str) and 0 < len(ident) <= 64
+                                   and ident.isascii() and ident.isprintable()):
+            raise ValueError("not an id")
+        key = (datetime.fromisoformat(when), ident)
+        if key[0].tzinfo is not None:
+            raise ValueError("times in cursors are naive UTC")
     except (ValueError, TypeError, UnicodeDecodeError):
         raise InvalidQuery("cursor", "not a cursor this endpoint gave") from None
     if got != query:
@@ -270,7 +278,10 @@ class Stats:
 def stats(session: Session, since: datetime | None, until: datetime | None) -> Stats:
     """Counts over a window of first receipt: events, duplicates, fallbacks, rejections."""
     until = until or utcnow()
-    since = since or until - timedelta(hours=1)
+    try:
+        since = since or until - timedelta(hours=1)
+    except OverflowError:
+        raise InvalidQuery("until", "too early: the window would start before year 1") from None
     if since >= until:
         raise InvalidQuery("since", "must be before until")
     result = Stats(since=since, until=until)

@@ -7,6 +7,7 @@ suite runs on: SQLite, or PostgreSQL with CONFHOOK_TEST_POSTGRES_URL.
 from __future__ import annotations
 
 import json
+import socket
 import secrets
 import threading
 from collections.abc import Iterator
@@ -184,12 +185,20 @@ def test_logs_are_json_lines_without_secrets(pair: tuple[Stack, Stack]) -> None:
     odd = requests.get(f"{a.service_url}/healthz", headers={"X-Request-Id": "bad id <script>"},
                        timeout=5)
     assert len(odd.headers["X-Request-Id"]) == 16  # made here, not taken from the header
+    # A request line gunicorn refuses (a raw non-ASCII byte) is logged by gunicorn itself,
+    # with the line quoted: never with the key, nor the query string.
+    path = "/" + conference["callbackUrl"].split("/", 3)[3]
+    with socket.create_connection(("127.0.0.1", a.service_port), timeout=5) as raw:
+        raw.sendall(b"GET " + path.encode() + b"?eventType=x&secret=\xff HTTP/1.1\r\n"
+                    b"Host: x\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400")
     assert a.log_dir is not None
     lines = (Path(a.log_dir) / "service.log").read_text().splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(records) > 10
     text = "\n".join(lines)
     assert key not in text and a.api_token not in text and METRICS_TOKEN not in text
+    assert "secret=" not in text
     mine = [r for r in records if r.get("request_id") == "req-from-proxy-1"]
     assert len(mine) == 1, mine  # one line for the request and the delivery it carried
     line = mine[0]

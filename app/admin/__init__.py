@@ -123,7 +123,9 @@ def sign_in() -> Any:
     if not password_configured():
         return render_template("admin/no_password.html"), 503
     target = request.args.get("next") or ""
-    if not target.startswith("/admin") or target.startswith("//"):
+    # Only a path of this page: no other host, no control character (a header injection).
+    if not (target.startswith("/admin") and target.isascii() and target.isprintable()
+            and "\\" not in target):
         target = url_for("admin.dashboard")
     error = None
     status = 200

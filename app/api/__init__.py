@@ -58,6 +58,10 @@ def _authenticate() -> None:
 
 @bp.after_request
 def _conditional(response: Response) -> Response:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # Answers hold conference data: no shared cache keeps them (a client's own ETag still
+    # gets a 304 below).
+    response.headers["Cache-Control"] = "no-store"
     # A strong ETag from the body is cheap at these sizes, and lets pollers get a 304.
     if request.method == "GET" and response.status_code == 200 and response.is_json:
         response.add_etag()
@@ -73,8 +77,8 @@ def json_body() -> Any:
     body = decode_json(request.get_data(cache=True))
     where = find_nul(body)
     if where:
-        raise APIError(422, "invalid_request", "a NUL character is not allowed",
-                       {where[:64]: "NUL character"})
+        raise APIError(422, "invalid_request", "a NUL character or a lone surrogate is not "
+                       "allowed", {where[:64]: "NUL character or lone surrogate"})
     return body
 
 

@@ -106,7 +106,7 @@ def _csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
 
 def _cell(value: Any) -> Any:
     # Keep spreadsheet programs from running a cell as a formula.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return "" if value is None else value
 

@@ -13,6 +13,7 @@ import marshmallow as ma
 from marshmallow import fields, validate
 from webargs.fields import DelimitedList
 
+from app.catapult import PROVIDER_ID
 from app.conferences import CALLBACK_TIMEOUT_RANGE, E164
 from app.delivery.interpret import KNOWN_TYPES
 from app.models import CONFERENCE_STATES, MATCH_STATES, TAG_MAX_LENGTH
@@ -130,8 +131,9 @@ class ConferenceCreateBody(Strict):
 
 
 class TrackBody(Strict):
-    conferenceId = fields.String(required=True, validate=ID_LENGTH,
-                                 metadata={"description": "The provider's conference id."})
+    conferenceId = fields.String(
+        required=True, validate=validate.Regexp(f"^{PROVIDER_ID.pattern}$"),
+        metadata={"description": "The provider's conference id (letters, digits, - and _)."})
 
 
 # -- responses --------------------------------------------------------------------------------
