@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from app import proxies
 from config import settings
 
 
@@ -20,6 +21,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
+    # Outermost WSGI layer: every part of the app sees the client's address alike.
+    app.wsgi_app = proxies.TrustedProxies(  # type: ignore[method-assign]
+        app.wsgi_app, app.config["CONFHOOK_FORWARDED_ALLOW_IPS"])
     return app
 
 

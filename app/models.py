@@ -194,3 +194,17 @@ class ReadinessProbe(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     checked_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AdminSession(Base):
+    """A signed-in admin session, server-side, so that signing out ends it for good.
+
+    The cookie holds a random token; only its SHA-256 is stored.
+    """
+
+    __tablename__ = "admin_session"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    address: Mapped[str] = mapped_column(String(64))

@@ -6,6 +6,7 @@ the rest of the code reads ``current_app.config``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -150,6 +151,16 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     cookie_secure = (cookie_secure_raw == "true" if cookie_secure_raw
                      else public_url.startswith("https://"))
 
+    proxies = [p.strip() for p in (_text(env, "CONFHOOK_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+                                   or "").split(",") if p.strip()]
+    for proxy in proxies:
+        if proxy != "*":
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                problems.append(f"CONFHOOK_FORWARDED_ALLOW_IPS: {proxy!r} is not an address "
+                                "or a network")
+
     database_url = _text(env, "DATABASE_URL", DEFAULT_DATABASE_URL)
     assert database_url is not None
     if database_url.startswith("postgres://"):
@@ -185,6 +196,11 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
                                         1024, 16 * 1024 * 1024, problems),
         "CONFHOOK_ADMIN_PASSWORD_HASHES": admin_hashes,
         "CONFHOOK_METRICS_TOKEN": metrics_token,
+        "CONFHOOK_FORWARDED_ALLOW_IPS": proxies,
+        "CONFHOOK_ADMIN_IDLE_MINUTES": _int(env, "CONFHOOK_ADMIN_IDLE_MINUTES", 30, 1, 24 * 60,
+                                            problems),
+        "CONFHOOK_ADMIN_SESSION_HOURS": _int(env, "CONFHOOK_ADMIN_SESSION_HOURS", 12, 1, 24 * 7,
+                                             problems),
         "CONFHOOK_LOG_FORMAT": _choice(env, "CONFHOOK_LOG_FORMAT", "json", ("json", "text"),
                                        problems),
         "SESSION_COOKIE_NAME": "confhook_session",

@@ -100,3 +100,128 @@ def test_sign_in_never_redirects_off_the_page_nor_breaks_a_header(
                                       "csrf_token": csrf_token(client, url)})
     assert response.status_code == 302
     assert response.headers["Location"] in ("/admin/", "http://localhost/admin/")
+
+
+# -- sign-in and sessions ----------------------------------------------------------------------
+
+def _attempt(client: FlaskClient, password: str, **environ: str) -> int:
+    return client.post("/admin/sign-in", environ_base=environ,
+                       data={"password": password, "csrf_token": csrf_token(client)}
+                       ).status_code
+
+
+def test_behind_a_trusted_proxy_a_stranger_cannot_lock_the_operator_out(
+        client: FlaskClient) -> None:
+    """Behind the README's nginx every peer is 127.0.0.1: the limit must be per client."""
+    stranger = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.9"}
+    assert [_attempt(client, "nope", **stranger) for _ in range(6)] == [401] * 5 + [429]
+    operator = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+    assert _attempt(client, PASSWORD, **operator) == 302
+
+
+def test_an_untrusted_peer_cannot_choose_its_address(client: FlaskClient) -> None:
+    for n in range(6):  # a new forged address each time: all counted against the peer
+        status = _attempt(client, "nope", REMOTE_ADDR="203.0.113.9",
+                          HTTP_X_FORWARDED_FOR=f"198.51.100.{n}")
+    assert status == 429
+
+
+def test_concurrent_attempts_are_counted_before_any_password_is_checked(
+        app: Any, client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app import admin
+
+    checked = []
+    real = admin.password_matches
+    monkeypatch.setattr(admin, "password_matches",
+                        lambda password: checked.append(1) or real(password))
+    token = csrf_token(client)
+
+    def attempt(_: int) -> int:
+        other = app.test_client()
+        other.set_cookie("confhook_session", client.get_cookie("confhook_session").value)
+        return other.post("/admin/sign-in", data={"password": "nope", "csrf_token": token}
+                          ).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(attempt, range(60)))
+    assert len(checked) == 5 and statuses.count(401) == 5 and statuses.count(429) == 55
+
+
+def test_many_failures_from_everywhere_slow_sign_in_down_but_lock_nobody_out(
+        client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import admin
+
+    waits: list[float] = []
+    monkeypatch.setattr(admin.time, "sleep", waits.append)
+    for n in range(25):
+        _attempt(client, "nope", REMOTE_ADDR=f"203.0.113.{n}")
+    assert waits and max(waits) <= admin.SLOWDOWN_MAX_S
+    assert _attempt(client, PASSWORD, REMOTE_ADDR="198.51.100.7") == 302
+
+
+def _signed_in_cookie(client: FlaskClient) -> str:
+    assert _attempt(client, PASSWORD) == 302
+    cookie = client.get_cookie("confhook_session")
+    assert cookie is not None
+    return cookie.value
+
+
+def test_signing_out_ends_the_session_even_for_a_saved_cookie(app: Any,
+                                                                client: FlaskClient) -> None:
+    saved = _signed_in_cookie(client)
+    assert client.get("/admin/").status_code == 200
+    client.post("/admin/sign-out", data={"csrf_token": csrf_token(client, "/admin/")})
+    thief = app.test_client()
+    thief.set_cookie("confhook_session", saved)
+    response = thief.get("/admin/")
+    assert response.status_code == 302 and "/admin/sign-in" in response.headers["Location"]
+
+
+@pytest.mark.parametrize(("column", "age"), [("created_at", {"hours": 13}),
+                                             ("last_seen_at", {"minutes": 31})])
+def test_a_session_ends_after_its_lifetime_and_when_idle(app: Any, client: FlaskClient,
+                                                        column: str, age: dict) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from app import db
+    from app.models import utcnow
+
+    _signed_in_cookie(client)
+    assert client.get("/admin/").status_code == 200
+    with app.app_context():
+        writer = db.database().writer()
+        writer.execute(text(f"UPDATE admin_session SET {column} = :t"),
+                       {"t": utcnow() - timedelta(**age)})
+        writer.commit()
+    assert client.get("/admin/").status_code == 302
+
+
+def test_the_pages_own_refreshes_do_not_keep_a_session_alive(app: Any,
+                                                              client: FlaskClient) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from app import db
+    from app.models import utcnow
+
+    _signed_in_cookie(client)
+    earlier = utcnow() - timedelta(minutes=10)
+    with app.app_context():
+        writer = db.database().writer()
+        writer.execute(text("UPDATE admin_session SET last_seen_at = :t"), {"t": earlier})
+        writer.commit()
+    assert client.get("/admin/fragments/dashboard").status_code == 200
+    with app.app_context():
+        seen = db.read_session().execute(text("SELECT last_seen_at FROM admin_session")
+                                         ).scalar()
+    assert str(seen).startswith(str(earlier)[:16])
+    assert client.get("/admin/").status_code == 200  # a page does
+    with app.app_context():
+        seen = db.read_session().execute(text("SELECT last_seen_at FROM admin_session")
+                                         ).scalar()
+    assert not str(seen).startswith(str(earlier)[:16])
