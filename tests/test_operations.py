@@ -7,8 +7,8 @@ suite runs on: SQLite, or PostgreSQL with CONFHOOK_TEST_POSTGRES_URL.
 from __future__ import annotations
 
 import json
-import socket
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
