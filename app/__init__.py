@@ -36,10 +36,11 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from app import admin, api, delivery, health, logs
+    from app import admin, api, capacity, delivery, health, logs
     from app.payload import require_utf8_query_string
 
     logs.init_app(app)
+    capacity.init_app(app)  # before the blueprints' own hooks: a full worker answers at once
     app.before_request(require_utf8_query_string)
     health.init_app(app)
     delivery.init_app(app)  # a WSGI layer beneath Flask: the door for /callbacks/

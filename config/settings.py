@@ -197,6 +197,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CONFHOOK_ADMIN_PASSWORD_HASHES": admin_hashes,
         "CONFHOOK_METRICS_TOKEN": metrics_token,
         "CONFHOOK_FORWARDED_ALLOW_IPS": proxies,
+        # Of a worker's threads (CONFHOOK_THREADS, 4), two stay free for deliveries.
+        "CONFHOOK_READ_CONCURRENCY": _int(
+            env, "CONFHOOK_READ_CONCURRENCY",
+            max(1, _int(env, "CONFHOOK_THREADS", 4, 1, 256, problems) - 2), 1, 256, problems),
         "CONFHOOK_ADMIN_IDLE_MINUTES": _int(env, "CONFHOOK_ADMIN_IDLE_MINUTES", 30, 1, 24 * 60,
                                             problems),
         "CONFHOOK_ADMIN_SESSION_HOURS": _int(env, "CONFHOOK_ADMIN_SESSION_HOURS", 12, 1, 24 * 7,

@@ -116,6 +116,10 @@ def env(database_url: str, provider: FakeProvider, app_port: int) -> dict[str, s
         # a loaded CI machine, where the fake provider once took over 1 s to answer.
         "CATAPULT_READ_TIMEOUT_S": "3.0",
         "CATAPULT_RETRIES": "1",
+        # The test client does not close the answers it returns, so each would keep its
+        # place in the API's share of the worker (app/capacity.py, which a server frees as
+        # it closes the answer): in-process, no bound. tests/test_capacity.py tests it.
+        "CONFHOOK_READ_CONCURRENCY": "256",
     }
 
 

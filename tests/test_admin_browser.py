@@ -22,6 +22,8 @@ from app.keys import SHARED, callback_urls
 from scripts.local import EMULATOR_AUTH, EMULATOR_CREDENTIALS, Stack, running, wait_idle
 from tests.servers import free_port
 
+pytestmark = pytest.mark.system  # real servers: `pytest -m 'not system'` skips them
+
 CHROMIUM = os.environ.get("CONFHOOK_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "admin"
 PASSWORD = "browser-" + secrets.token_urlsafe(12)

@@ -24,6 +24,8 @@ from tests import events as ev
 from tests.conftest import AUTH, create, path_of
 from tests.netfault import Blackhole, Relay
 
+pytestmark = pytest.mark.system  # real servers: `pytest -m 'not system'` skips them
+
 WAIT_MS = 1000
 GRACE_S = 0.5  # the watchdog's, after the wait: min(1 s, half the wait)
 

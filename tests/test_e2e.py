@@ -16,6 +16,8 @@ import requests
 from scripts.local import EMULATOR_AUTH, Stack, running, verify, wait_idle
 from tests.servers import free_port
 
+pytestmark = pytest.mark.system  # real servers: `pytest -m 'not system'` skips them
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

@@ -19,6 +19,8 @@ import pytest
 
 from bench import faults
 
+pytestmark = pytest.mark.system  # real servers: `pytest -m 'not system'` skips them
+
 
 def test_killing_workers_loses_nothing_acknowledged(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import POSTGRES_URL

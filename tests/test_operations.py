@@ -23,6 +23,8 @@ from scripts.local import Stack, running, wait_idle
 from tests import events as ev
 from tests.servers import free_port
 
+pytestmark = pytest.mark.system  # real servers: `pytest -m 'not system'` skips them
+
 METRICS_TOKEN = "metrics-" + secrets.token_urlsafe(16)
 
 

@@ -15,10 +15,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from scripts.local import ROOT, Stack, running
 from tests.servers import free_port
+
+pytestmark = pytest.mark.system  # real servers: `pytest -m 'not system'` skips them
 
 LOAD_S = 5.0  # how long the changed app takes to load in a new worker
 

@@ -33,6 +33,8 @@ from config.httpworker import (
 from scripts.local import Stack, running
 from tests.servers import free_port
 
+pytestmark = pytest.mark.system  # real servers: `pytest -m 'not system'` skips them
+
 READ_TIMEOUT = 3
 SEND_TIMEOUT = 1
 

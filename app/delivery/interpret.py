@@ -99,7 +99,13 @@ def _not_json(name: str) -> Any:
 
 
 def read_query(query: str) -> Received:
-    """Read a delivery sent as a query string (``query`` as it arrived, percent-encoded)."""
+    """Read a delivery sent as a query string (``query`` as it arrived, percent-encoded).
+
+    A raw NUL byte (not ``%00``) makes it no query string: no column could keep it as text.
+    """
+    if "\x00" in query:
+        raise NotADelivery(400, "invalid_query", "the query string holds a raw NUL byte; "
+                           "percent-encode it")
     pairs = parse_qsl(query, keep_blank_values=True)
     return _from_pairs(pairs, query)
 
