@@ -114,7 +114,8 @@ def metrics_view() -> Response:
                                                                  token.encode()):
             raise APIError(401, "unauthorized", "send Authorization: Bearer <metrics token>",
                            headers={"WWW-Authenticate": 'Bearer realm="confhook-metrics"'})
-    body = metrics.exposition(db.read_session())
+    body = metrics.exposition(db.read_session(),
+                              bool(current_app.config["PROMETHEUS_MULTIPROC_DIR"]))
     return _no_store(Response(body, content_type=CONTENT_TYPE_LATEST))
 
 

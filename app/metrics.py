@@ -1,17 +1,17 @@
 """Prometheus metrics, correct with several gunicorn workers.
 
 Under gunicorn, ``config/gunicorn.conf.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
-directory before any worker imports this module; each worker then writes its samples there and
-``/metrics`` adds them up across workers. Without it (tests, ``flask run``) the samples live in
-the process. Counts that are facts about the data (unmatched events, conferences by state) are
-read from the database at scrape time, so every instance on a shared database agrees.
+directory before any worker imports this module (prometheus_client reads it at import); each
+worker then writes its samples there and ``/metrics`` adds them up across workers. Without it
+(tests, ``flask run``) the samples live in the process. Counts that are facts about the data
+(unmatched events, conferences by state) are read from the database at scrape time, so every
+instance on a shared database agrees.
 
 Every label has a bounded set of values: nothing from a request goes into one unmapped.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -27,8 +27,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
-
-MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 DELIVERIES = Counter(
     "confhook_deliveries", "Callback deliveries received, by outcome.",
@@ -127,10 +125,11 @@ class _Database:
         yield conferences
 
 
-def exposition(session: Any) -> bytes:
-    """The text exposition: every worker's samples, plus the database's counts."""
+def exposition(session: Any, multiprocess: bool) -> bytes:
+    """The text exposition: every worker's samples (``multiprocess``: those of all workers,
+    from ``PROMETHEUS_MULTIPROC_DIR``), plus the database's counts."""
     registry = CollectorRegistry()
-    if MULTIPROCESS:
+    if multiprocess:
         MultiProcessCollector(registry)
     else:
         registry.register(_Process())  # type: ignore[arg-type]

@@ -8,27 +8,23 @@ import os
 import shutil
 import tempfile
 
-from config.httpworker import handover, read_timeout_from_env, send_timeout_from_env
+from config.env import number
+from server.handover import handover
+from server.worker import read_timeout_from_env, send_timeout_from_env
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"confhook: {name} must be an integer, got {raw!r}") from None
+def _env_int(name: str, default: int, lo: int = 1) -> int:
+    return int(number(os.environ, name, default, lo, 1_000_000))
 
 
 bind = os.environ.get("CONFHOOK_BIND", "127.0.0.1:8000")
 # Threads let one worker answer a provider callback while another request of the same worker
 # waits on the provider (the provider may call back before it answers our create).
 # ReadAheadWorker is gunicorn's gthread, except that a request reaches a thread only once all
-# of it has arrived: slow clients cost a buffer, not a thread (config/httpworker.py). Each has
+# of it has arrived: slow clients cost a buffer, not a thread (server/worker.py). Each has
 # CONFHOOK_REQUEST_READ_TIMEOUT seconds (10) to send a whole request, and
 # CONFHOOK_RESPONSE_SEND_TIMEOUT seconds (30) to take in its response.
-worker_class = "config.httpworker.ReadAheadWorker"
+worker_class = "server.worker.ReadAheadWorker"
 # Read by each worker; checked here too, so a bad value stops the start.
 read_timeout_from_env()
 send_timeout_from_env()
@@ -38,7 +34,7 @@ threads = _env_int("CONFHOOK_THREADS", 4)
 worker_connections = _env_int("CONFHOOK_WORKER_CONNECTIONS", 1000)
 timeout = _env_int("CONFHOOK_WORKER_TIMEOUT", 30)
 graceful_timeout = _env_int("CONFHOOK_GRACEFUL_TIMEOUT", 20)
-keepalive = _env_int("CONFHOOK_KEEPALIVE", 5)
+keepalive = _env_int("CONFHOOK_KEEPALIVE", 5, lo=0)
 # Limits on the request line and headers: a callback's query string fits well within these.
 limit_request_line = _env_int("CONFHOOK_LIMIT_REQUEST_LINE", 8190)
 limit_request_fields = 100
@@ -50,7 +46,7 @@ loglevel = os.environ.get("CONFHOOK_LOG_LEVEL", "info")
 # CONFHOOK_ACCESS_LOG names a file (or - for stdout). With JSON logs gunicorn's lines are JSON.
 _json_logs = os.environ.get("CONFHOOK_LOG_FORMAT", "json").strip().lower() != "text"
 accesslog = os.environ.get("CONFHOOK_ACCESS_LOG", "").strip() or None
-logger_class = "config.httpworker.AccessLogger"
+logger_class = "server.logger.AccessLogger"
 if _json_logs:
     logconfig_dict = {
         "version": 1,
@@ -110,5 +106,5 @@ def on_exit(server):
 
 
 def on_reload(server):
-    # SIGHUP: the old workers serve until the new ones have loaded the app (config/httpworker.py).
+    # SIGHUP: the old workers serve until the new ones have loaded the app (server/worker.py).
     handover.begin(server.worker_age, server.cfg.workers)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from config.env import number
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_ROOT / 'instance' / 'confhook.db'}"
 DEFAULT_CATAPULT_API_URL = "https://api.catapult.inetwork.com"
@@ -48,32 +50,12 @@ def _required(env: Mapping[str, str], name: str, problems: list[str]) -> str:
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int,
          problems: list[str]) -> int:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        problems.append(f"{name} must be an integer, got {raw!r}")
-        return default
-    if not lo <= value <= hi:
-        problems.append(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+    return int(number(env, name, default, lo, hi, int, problems))
 
 
 def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float,
            problems: list[str]) -> float:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        problems.append(f"{name} must be a number, got {raw!r}")
-        return default
-    if not lo <= value <= hi:
-        problems.append(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+    return float(number(env, name, default, lo, hi, float, problems))
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...],
@@ -205,6 +187,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
                                             problems),
         "CONFHOOK_ADMIN_SESSION_HOURS": _int(env, "CONFHOOK_ADMIN_SESSION_HOURS", 12, 1, 24 * 7,
                                              problems),
+        # Set by config/gunicorn.conf.py: where every worker keeps its metric samples.
+        "PROMETHEUS_MULTIPROC_DIR": _text(env, "PROMETHEUS_MULTIPROC_DIR"),
         "CONFHOOK_LOG_FORMAT": _choice(env, "CONFHOOK_LOG_FORMAT", "json", ("json", "text"),
                                        problems),
         "SESSION_COOKIE_NAME": "confhook_session",

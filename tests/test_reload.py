@@ -1,7 +1,7 @@
 """A reload (``SIGHUP``) of gunicorn as shipped: it serves the code on disk, with no gap.
 
 gunicorn starts new workers and stops the old ones; ours go on serving until the new ones have
-loaded the app (config/httpworker.py ``Handover``). The app is a copy of this checkout whose
+loaded the app (server/handover.py). The app is a copy of this checkout whose
 code is changed before the reload, so that its new workers are slow to load and recognisable.
 """
 
@@ -47,7 +47,7 @@ _time.sleep({LOAD_S})
 
 
 def copy_of_checkout(into: Path) -> Path:
-    for name in ("app", "config", "migrations"):
+    for name in ("app", "config", "server", "migrations"):
         shutil.copytree(ROOT / name, into / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("wsgi.py", "alembic.ini"):
@@ -112,7 +112,7 @@ def test_a_reload_serves_the_new_code_and_answers_throughout(tmp_path: Path) -> 
 
 
 def test_the_handover_waits_for_every_new_worker_across_processes() -> None:
-    from config.httpworker import Handover
+    from server.handover import Handover
 
     handover = Handover()
     assert not handover.waiting(1)  # no reload yet: a SIGTERM stops at once

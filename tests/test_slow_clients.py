@@ -1,4 +1,4 @@
-"""Slow and odd clients against gunicorn as shipped (config/gunicorn.conf.py, httpworker.py).
+"""Slow and odd clients against gunicorn as shipped (config/gunicorn.conf.py, server/).
 
 Slow clients must not take the threads that answer the provider's deliveries: a request reaches
 a thread only once it has all arrived, and a client gets CONFHOOK_REQUEST_READ_TIMEOUT seconds to
@@ -23,14 +23,9 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.httpworker import (
-    COMPLETE,
-    INCOMPLETE,
-    read_timeout_from_env,
-    request_state,
-    send_timeout_from_env,
-)
 from scripts.local import Stack, running
+from server.framing import COMPLETE, INCOMPLETE, request_state
+from server.worker import read_timeout_from_env, send_timeout_from_env
 from tests.servers import free_port
 
 pytestmark = pytest.mark.system  # real servers: `pytest -m 'not system'` skips them
