@@ -23,10 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from app import catapult, conferences, db, queries
 from app.admin import bp, require_admin
 from app.admin.charts import Media, per_minute_chart, timeline
-from app.api import schemas
 from app.catapult import CatapultError
 from app.delivery import filing
-from app.errors import APIError
+from app.filters import ConferenceListArgs, EventListArgs, event_filter, naive
 from app.models import CONFERENCE_STATES, MATCH_STATES, Conference, Event, channels_of
 from app.represent import iso
 
@@ -107,7 +106,7 @@ def _load(schema: Any, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 def conference_list() -> str:
     args = request.args.to_dict()
     search = args.pop("q", "").strip()
-    values, errors = _load(schemas.ConferenceListArgs(), {**args, "limit": str(PAGE)})
+    values, errors = _load(ConferenceListArgs(), {**args, "limit": str(PAGE)})
     found = None
     if search:
         found = conferences.find(db.read_session(), search)
@@ -124,8 +123,8 @@ def conference_list() -> str:
             page = queries.conferences_page(
                 db.read_session(), queries.ConferenceFilter(
                     tag=values.get("tag"), states=tuple(values.get("state") or ()),
-                    created_after=_naive(values.get("createdAfter")),
-                    created_before=_naive(values.get("createdBefore")),
+                    created_after=naive(values.get("createdAfter")),
+                    created_before=naive(values.get("createdBefore")),
                     has_conflicts=values.get("hasConflicts")),
                 descending=values.get("sort", "-createdAt").startswith("-"), after=after,
                 limit=PAGE)
@@ -139,10 +138,6 @@ def conference_list() -> str:
                            states=CONFERENCE_STATES)
 
 
-def _naive(value: Any) -> Any:
-    from app.api import naive
-
-    return naive(value)
 
 
 def conference_or_404(ident: str) -> Conference:
@@ -263,15 +258,16 @@ def terminate_conference(ident: str) -> Response:
 
 def event_search(args: dict[str, str], extra: dict[str, Any] | None = None
                  ) -> tuple[queries.Page, dict[str, Any], str | None]:
-    values, errors = _load(schemas.EventListArgs(), {**args, "limit": str(PAGE)})
+    values, errors = _load(EventListArgs(), {**args, "limit": str(PAGE)})
     if errors:
         return queries.Page([], None), errors, None
-    from app.api.event_views import event_filter
-
-    try:
-        flt = event_filter(values)
-    except APIError as exc:
-        return queries.Page([], None), {"conference": [exc.message]}, None
+    conference_pk = None
+    if "conference" in values:
+        found = conferences.find(db.read_session(), values["conference"])
+        if found is None:
+            return queries.Page([], None), {"conference": ["no such conference"]}, None
+        conference_pk = found.id
+    flt = event_filter(values, conference_pk)
     if extra:
         flt = queries.EventFilter(**{**flt.__dict__, **extra})
     key = queries.fingerprint({k: v for k, v in values.items()

@@ -7,7 +7,6 @@ its argument schemas and its documented responses.
 from __future__ import annotations
 
 import hmac
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -133,11 +132,6 @@ def provider_error(exc: conferences.ProviderFailed, creating: bool = False) -> A
 # Query strings are validated strictly: an unknown parameter is a 400 that names it.
 QUERY = {"location": "query", "error_status_code": 400, "unknown": RAISE}
 PROVIDER_ERRORS = (404, 409, 422, 429, 502, 504)
-
-
-def naive(value: datetime | None) -> datetime | None:
-    """An aware time from a query parameter, as the naive UTC the database stores."""
-    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
 def conference_or_404(ident: str) -> Conference:

@@ -17,7 +17,6 @@ from app.api import (
     document_errors,
     invalid_query,
     json_body,
-    naive,
     ok,
     provider_error,
     query_key,
@@ -25,6 +24,7 @@ from app.api import (
 )
 from app.api.event_views import event_filter, event_page
 from app.errors import APIError
+from app.filters import naive
 from app.models import Conference
 from app.represent import conference_json, counts_json, member_detail_json
 

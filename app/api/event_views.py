@@ -10,20 +10,20 @@ from typing import Any
 
 from flask import Response, stream_with_context
 
-from app import db, queries
+from app import db, filters, queries
 from app.api import (
     QUERY,
     bp,
     conference_or_404,
     document_errors,
     invalid_query,
-    naive,
     ok,
     query_key,
     schemas,
 )
 from app.delivery import filing
 from app.errors import APIError
+from app.filters import naive
 from app.models import Event
 from app.represent import event_json, stats_json
 
@@ -34,14 +34,10 @@ CSV_COLUMNS = ("id", "eventType", "unknownType", "conference", "conferenceId", "
 
 def event_filter(args: dict[str, Any], conference_pk: str | None = None
                  ) -> queries.EventFilter:
+    """The filter ``args`` ask for; ``conference`` (local or provider id) must exist."""
     if conference_pk is None and "conference" in args:
         conference_pk = conference_or_404(args["conference"]).id
-    return queries.EventFilter(
-        conference_pk=conference_pk, event_types=tuple(args.get("eventType") or ()),
-        tag=args.get("tag"), member_id=args.get("memberId"), call_id=args.get("callId"),
-        matches=tuple(args.get("match") or ()), channel=args.get("channel"),
-        since=naive(args.get("since")), until=naive(args.get("until")),
-        unknown_type=args.get("unknownType"))
+    return filters.event_filter(args, conference_pk)
 
 
 def event_page(flt: queries.EventFilter, args: dict[str, Any]) -> Response:
