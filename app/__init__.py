@@ -7,7 +7,20 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from app import proxies
+from app import (
+    admin,
+    api,
+    capacity,
+    catapult,
+    cli,
+    db,
+    delivery,
+    errors,
+    health,
+    logs,
+    proxies,
+)
+from app.payload import require_utf8_query_string
 from config import settings
 
 
@@ -28,17 +41,12 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
-    from app import catapult, db
-
     db.init_app(app)
     catapult.init_app(app)
     logging.getLogger("app").setLevel(logging.INFO)
 
 
 def register_blueprints(app: Flask) -> None:
-    from app import admin, api, capacity, delivery, health, logs
-    from app.payload import require_utf8_query_string
-
     logs.init_app(app)
     capacity.init_app(app)  # before the blueprints' own hooks: a full worker answers at once
     app.before_request(require_utf8_query_string)
@@ -49,12 +57,8 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_errorhandlers(app: Flask) -> None:
-    from app import errors
-
     errors.register_errorhandlers(app)
 
 
 def register_commands(app: Flask) -> None:
-    from app import cli
-
     cli.init_app(app)

@@ -15,6 +15,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from functools import lru_cache
 from typing import Any
 
+from alembic.script import ScriptDirectory
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import bindparam
@@ -22,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import db, delivery, metrics
+from app.cli import alembic_config
 from app.errors import APIError
 from app.models import ReadinessProbe, utcnow
 from app.statements import Runner
@@ -33,10 +35,6 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=1)
 def migration_heads() -> frozenset[str]:
     """The head revisions of ``migrations/``, read once per process."""
-    from alembic.script import ScriptDirectory
-
-    from app.cli import alembic_config
-
     return frozenset(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
 
 

@@ -28,6 +28,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.models import Conference, Event
+
 DELIVERIES = Counter(
     "confhook_deliveries", "Callback deliveries received, by outcome.",
     ["event_type", "channel", "method", "outcome"])
@@ -95,8 +97,6 @@ class _Database:
         self.session = session
 
     def collect(self) -> Iterator[Metric]:
-        from app.models import Conference, Event
-
         up = GaugeMetricFamily("confhook_database_up",
                                "1 when this instance could read the database for this scrape.")
         try:

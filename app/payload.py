@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from flask import request
+
 from app.errors import APIError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -66,8 +68,6 @@ def find_nul(value: Any, where: str = "body") -> str | None:
 
 def reject_nul_in_request() -> None:
     """Answer 400 for a NUL character in the path, query string or form, before any lookup."""
-    from flask import request
-
     where = {}
     if "\x00" in request.path:
         where["path"] = "NUL character"
@@ -87,8 +87,6 @@ def require_utf8_query_string() -> None:
 
     (Percent-encoded bytes are decoded leniently; raw ones would fail deep inside a view.)
     """
-    from flask import request
-
     try:
         request.query_string.decode("utf-8")
     except UnicodeDecodeError:

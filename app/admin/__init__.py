@@ -248,6 +248,7 @@ def _csrf_error(exc: CSRFError) -> tuple[str, int]:
 
 
 def init_app(app: Flask) -> None:
+    # Here, not at the top: the views import this module's blueprint (a real cycle).
     from app.admin import views  # noqa: F401 - registers the pages
 
     app.session_interface = AdminSessionInterface()

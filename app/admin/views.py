@@ -26,7 +26,14 @@ from app.admin.charts import Media, per_minute_chart, timeline
 from app.catapult import CatapultError
 from app.delivery import filing
 from app.filters import ConferenceListArgs, EventListArgs, event_filter, naive
-from app.models import CONFERENCE_STATES, MATCH_STATES, Conference, Event, channels_of
+from app.models import (
+    CONFERENCE_STATES,
+    MATCH_STATES,
+    Conference,
+    Event,
+    channels_of,
+    utcnow,
+)
 from app.represent import iso
 
 PAGE = 50
@@ -361,7 +368,6 @@ def _iso_filter(value: Any) -> str:
 def _ago_filter(value: Any) -> str:
     if value is None:
         return "never"
-    from app.models import utcnow
 
     seconds = int((utcnow() - value).total_seconds())
     if seconds < 60:
