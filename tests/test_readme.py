@@ -1,4 +1,5 @@
-"""Every door the README shows exists: each ``flask`` command, ``make`` target and endpoint.
+"""Every door the README and its manual (docs/) show exists: each ``flask`` command, ``make``
+target, endpoint and linked page.
 
 The commands are run for real in ``test_cli.py``, ``test_retention.py`` and by the stacks of
 the end-to-end tests (``make run`` is ``scripts/local.py``); here the README itself is read, so
@@ -19,7 +20,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from app.emulator import create_app as create_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+FRONT = (ROOT / "README.md").read_text()
+README = "\n".join([FRONT, *(page.read_text() for page in sorted((ROOT / "docs").glob("*.md")))])
 
 COMMANDS = sorted(set(re.findall(r"flask --app wsgi ([a-z][a-z-]*)", README)))
 TARGETS = sorted(set(re.findall(r"`?make ([a-z]+)`?", README)) - {"it"})
@@ -39,6 +41,21 @@ def _endpoints() -> list[tuple[str, str]]:
 
 
 ENDPOINTS = _endpoints()
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: p.name)
+def test_every_page_it_links_exists(page: Path) -> None:
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        assert (page.parent / target).exists(), f"{page.name} links {target}"
+
+
+def test_the_front_page_is_a_front_page() -> None:
+    assert len(FRONT.splitlines()) <= 220
+    assert FRONT.index("## Quick start") < FRONT.index("## Layout") < FRONT.index(
+        "## Configuration")
 
 
 def test_the_readme_names_doors_at_all() -> None:
