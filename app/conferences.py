@@ -20,7 +20,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import reconcile
+from app import db, reconcile
 from app.catapult import (
     CatapultAPIError,
     CatapultClient,
@@ -29,6 +29,7 @@ from app.catapult import (
     CatapultUnavailable,
 )
 from app.delivery.interpret import Fields
+from app.errors import APIError
 from app.keys import callback_urls
 from app.models import TAG_MAX_LENGTH, Conference, Event, Member, new_conference_id
 
@@ -342,6 +343,15 @@ def find(session: Session, ident: str) -> Conference | None:
     """Return the conference with local id or provider ``conferenceId`` ``ident``."""
     return session.scalar(select(Conference).where(
         or_(Conference.id == ident, Conference.conference_id == ident)).limit(1))
+
+
+def find_or_404(ident: str) -> Conference:
+    """For views: the conference by local id or provider conferenceId, in the request's
+    session, or a 404 (a JSON error for the API, a page for the admin)."""
+    conference = find(db.read_session(), ident)
+    if conference is None:
+        raise APIError(404, "not_found", "no such conference", {"conference": ident[:128]})
+    return conference
 
 
 def members(session: Session, conference: Conference) -> list[Member]:

@@ -147,11 +147,7 @@ def conference_list() -> str:
 
 
 
-def conference_or_404(ident: str) -> Conference:
-    conference = conferences.find(db.read_session(), ident)
-    if conference is None:
-        abort(404)
-    return conference
+conference_or_404 = conferences.find_or_404
 
 
 def conference_data(conference: Conference) -> dict[str, Any]:

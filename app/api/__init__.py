@@ -13,11 +13,10 @@ from flask import Flask, Response, current_app, jsonify, request
 from flask_smorest import Api, Blueprint
 from marshmallow import RAISE
 
-from app import conferences, db, delivery
+from app import conferences, delivery
 from app.api import schemas
 from app.catapult import CatapultAPIError, CatapultTimeout
 from app.errors import APIError
-from app.models import Conference
 from app.payload import decode_json, find_nul, is_json, reject_nul_in_request
 from app.queries import InvalidQuery, fingerprint
 
@@ -134,12 +133,7 @@ QUERY = {"location": "query", "error_status_code": 400, "unknown": RAISE}
 PROVIDER_ERRORS = (404, 409, 422, 429, 502, 504)
 
 
-def conference_or_404(ident: str) -> Conference:
-    """Find a conference by local id or provider conferenceId, or answer 404."""
-    conference = conferences.find(db.read_session(), ident)
-    if conference is None:
-        raise APIError(404, "not_found", "no such conference", {"conference": ident[:128]})
-    return conference
+conference_or_404 = conferences.find_or_404
 
 
 def document_errors(*statuses: int) -> Any:
