@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="send --events deliveries in rounds, print worker RSS")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--without", choices=("group-commit", "file-lock", "delivery-pool",
-                                                  "entrance"),
+                                                  "entrance", "statement-cache"),
                         help="also measure the service with this layer taken out "
                              "(bench/variant_app.py)")
     args = parser.parse_args(argv)

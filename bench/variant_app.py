@@ -9,6 +9,9 @@ benchmark, or a fault test that fails without it. This app is the production app
 - ``file-lock`` (SQLite): the writers of several processes meet only at SQLite's own lock;
 - ``delivery-pool`` (PostgreSQL): deliveries use the app's own pool, which pings every
   connection at checkout, instead of a pool of their own;
+- ``statement-cache`` (SQLite): the delivery's statements run through SQLAlchemy's
+  ``Connection.execute`` (its compiled cache, execution context and result processing)
+  instead of being prepared once and run on the driver's cursor (``app/statements.py``);
 - ``entrance``: deliveries come in through a Flask route (with Flask's contexts, hooks and
   response object) that hands the same parts to the same intake, instead of the WSGI door.
 
@@ -22,9 +25,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Response, g, request
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from app import db, delivery
+from app.delivery import sqlite as sqlite_store
 from app.delivery.intake import Parts
 from app.delivery.postgres import PostgresStore
 from app.delivery.sqlite import SQLiteStore
@@ -57,6 +61,23 @@ class OwnTransactions:
             connection.close()
 
 
+class CoreRunner(Runner):
+    """The same statements, through SQLAlchemy's Connection.execute on the writer's
+    connection, in the transaction the writer opened."""
+
+    __slots__ = ("sa",)
+
+    def __init__(self, pooled: Any, engine: Engine) -> None:
+        super().__init__(pooled.driver_connection, engine.dialect)
+        self.sa = Connection(engine, connection=pooled, _allow_autobegin=False)
+
+    def prepared(self, key: Any, build: Any) -> Any:
+        return build()  # SQLAlchemy caches the compiled form by the statement's cache key
+
+    def execute(self, prepared: Any, params: dict[str, Any]) -> Any:
+        return self.sa.execute(prepared, params)
+
+
 LAYER = os.environ["BENCH_WITHOUT"]
 intake = delivery.intake(app)
 engine = db.database(app).engine
@@ -66,6 +87,11 @@ if LAYER == "group-commit":
 elif LAYER == "file-lock":
     assert isinstance(intake.store, SQLiteStore), "the writers' file lock is SQLite's"
     intake.store.lock_path = None
+elif LAYER == "statement-cache":
+    store = intake.store
+    assert isinstance(store, SQLiteStore), "measured on SQLite"
+    sqlite_store.Runner = lambda _dbapi, _dialect: CoreRunner(  # type: ignore[assignment,misc]
+        store.connection, store.engine)
 elif LAYER == "delivery-pool":
     assert isinstance(intake.store, PostgresStore), "the delivery pool is PostgreSQL's"
     intake.store = PostgresStore(engine, None, intake.store.wait_s)
