@@ -8,6 +8,7 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
+from sqlalchemy.orm import Session
 from webargs.fields import DelimitedList
 
 from app import queries
@@ -106,3 +107,41 @@ def event_filter(args: dict[str, Any], conference_pk: str | None) -> queries.Eve
         matches=tuple(args.get("match") or ()), channel=args.get("channel"),
         since=naive(args.get("since")), until=naive(args.get("until")),
         unknown_type=args.get("unknownType"))
+
+
+def conference_filter(args: dict[str, Any]) -> queries.ConferenceFilter:
+    """The conferences ``args`` (validated by ``ConferenceListArgs``) ask for."""
+    return queries.ConferenceFilter(
+        tag=args.get("tag"), states=tuple(args.get("state") or ()),
+        created_after=naive(args.get("createdAfter")),
+        created_before=naive(args.get("createdBefore")),
+        completed_after=naive(args.get("completedAfter")),
+        completed_before=naive(args.get("completedBefore")),
+        has_conflicts=args.get("hasConflicts"), has_unmatched=args.get("hasUnmatched"))
+
+
+def page_key(args: dict[str, Any]) -> str:
+    """What a cursor is bound to: the query's filters and order, not its page position."""
+    return queries.fingerprint({k: v for k, v in args.items() if k not in ("cursor", "limit")})
+
+
+def conference_page(session: Session, args: dict[str, Any], limit: int
+                    ) -> tuple[queries.Page, str | None]:
+    """One page of the conferences ``args`` ask for, and the cursor of the next; raises
+    :class:`queries.InvalidQuery` for a cursor of another query."""
+    key = page_key(args)
+    after = queries.decode_cursor(args["cursor"], key, str) if "cursor" in args else None
+    page = queries.conferences_page(session, conference_filter(args),
+                                    descending=args.get("sort", "-createdAt").startswith("-"),
+                                    after=after, limit=limit)
+    return page, queries.encode_cursor(key, *page.next_key) if page.next_key else None
+
+
+def event_page(session: Session, flt: queries.EventFilter, args: dict[str, Any], limit: int
+               ) -> tuple[queries.Page, str | None]:
+    """One page of the events ``flt`` selects, in ``args``' order, and the next cursor."""
+    key = page_key(args)
+    after = queries.decode_cursor(args["cursor"], key, int) if "cursor" in args else None
+    page = queries.events_page(session, flt, descending=args["order"] == "desc",
+                               after=after, limit=limit)
+    return page, queries.encode_cursor(key, *page.next_key) if page.next_key else None

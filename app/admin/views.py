@@ -20,12 +20,12 @@ from marshmallow import ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from app import catapult, conferences, db, queries
+from app import catapult, conferences, db, filters, queries
 from app.admin import bp, require_admin
 from app.admin.charts import Media, per_minute_chart, timeline
 from app.catapult import CatapultError
 from app.delivery import filing
-from app.filters import ConferenceListArgs, EventListArgs, event_filter, naive
+from app.filters import ConferenceListArgs, EventListArgs, event_filter
 from app.models import (
     CONFERENCE_STATES,
     MATCH_STATES,
@@ -120,26 +120,12 @@ def conference_list() -> str:
         if found is not None:
             return redirect(url_for("admin.conference_page", ident=found.id))  # type: ignore[return-value]
         values.setdefault("tag", search)
-    page = queries.Page([], None)
+    page, next_cursor = queries.Page([], None), None
     if not errors:
-        key = queries.fingerprint({k: v for k, v in values.items()
-                                   if k not in ("cursor", "limit")})
         try:
-            after = (queries.decode_cursor(values["cursor"], key, str) if "cursor" in values
-                     else None)
-            page = queries.conferences_page(
-                db.read_session(), queries.ConferenceFilter(
-                    tag=values.get("tag"), states=tuple(values.get("state") or ()),
-                    created_after=naive(values.get("createdAfter")),
-                    created_before=naive(values.get("createdBefore")),
-                    has_conflicts=values.get("hasConflicts")),
-                descending=values.get("sort", "-createdAt").startswith("-"), after=after,
-                limit=PAGE)
+            page, next_cursor = filters.conference_page(db.read_session(), values, PAGE)
         except queries.InvalidQuery as exc:
             errors = {exc.field: [exc.problem]}
-        next_cursor = queries.encode_cursor(key, *page.next_key) if page.next_key else None
-    else:
-        next_cursor = None
     return render_template("admin/conferences.html", page=page, errors=errors,
                            args={**args, "q": search}, next_cursor=next_cursor,
                            states=CONFERENCE_STATES)
@@ -273,16 +259,10 @@ def event_search(args: dict[str, str], extra: dict[str, Any] | None = None
     flt = event_filter(values, conference_pk)
     if extra:
         flt = queries.EventFilter(**{**flt.__dict__, **extra})
-    key = queries.fingerprint({k: v for k, v in values.items()
-                               if k not in ("cursor", "limit")})
     try:
-        after = queries.decode_cursor(values["cursor"], key, int) if "cursor" in values \
-            else None
+        page, cursor = filters.event_page(db.read_session(), flt, values, PAGE)
     except queries.InvalidQuery as exc:
         return queries.Page([], None), {exc.field: [exc.problem]}, None
-    page = queries.events_page(db.read_session(), flt, descending=values["order"] == "desc",
-                               after=after, limit=PAGE)
-    cursor = queries.encode_cursor(key, *page.next_key) if page.next_key else None
     return page, {}, cursor
 
 

@@ -18,7 +18,7 @@ from app.api import schemas
 from app.catapult import CatapultAPIError, CatapultTimeout
 from app.errors import APIError
 from app.payload import decode_json, find_nul, is_json, reject_nul_in_request
-from app.queries import InvalidQuery, fingerprint
+from app.queries import InvalidQuery
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1",
                description="Conferences, their members and their callback events.")
@@ -78,12 +78,6 @@ def json_body() -> Any:
         raise APIError(422, "invalid_request", "a NUL character or a lone surrogate is not "
                        "allowed", {where[:64]: "NUL character or lone surrogate"})
     return body
-
-
-def query_key(args: dict[str, Any], *exclude: str) -> str:
-    """The fingerprint of a list query: its filters and order, not its page position."""
-    return fingerprint({k: v for k, v in args.items()
-                        if k not in ("cursor", "limit", *exclude)})
 
 
 def invalid_query(exc: InvalidQuery) -> APIError:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, current_app, url_for
 from sqlalchemy.exc import IntegrityError
 
-from app import catapult, conferences, db, queries
+from app import catapult, conferences, db, filters, queries
 from app.api import (
     PROVIDER_ERRORS,
     QUERY,
@@ -19,12 +19,10 @@ from app.api import (
     json_body,
     ok,
     provider_error,
-    query_key,
     schemas,
 )
 from app.api.event_views import event_filter, event_page
 from app.errors import APIError
-from app.filters import naive
 from app.models import Conference
 from app.represent import conference_json, counts_json, member_detail_json
 
@@ -89,23 +87,10 @@ def track_conference(body: dict[str, Any]) -> Response:
 @document_errors(400, 401)
 def list_conferences(args: dict[str, Any]) -> Response:
     """List conferences, newest first by default, with filters and a cursor."""
-    flt = queries.ConferenceFilter(
-        tag=args.get("tag"), states=tuple(args.get("state") or ()),
-        created_after=naive(args.get("createdAfter")),
-        created_before=naive(args.get("createdBefore")),
-        completed_after=naive(args.get("completedAfter")),
-        completed_before=naive(args.get("completedBefore")),
-        has_conflicts=args.get("hasConflicts"), has_unmatched=args.get("hasUnmatched"))
-    key = query_key(args)
     try:
-        after = (queries.decode_cursor(args["cursor"], key, str) if "cursor" in args
-                 else None)
+        page, cursor = filters.conference_page(db.read_session(), args, args["limit"])
     except queries.InvalidQuery as exc:
         raise invalid_query(exc) from None
-    page = queries.conferences_page(db.read_session(), flt,
-                                    descending=args["sort"].startswith("-"), after=after,
-                                    limit=args["limit"])
-    cursor = queries.encode_cursor(key, *page.next_key) if page.next_key else None
     return ok({"data": [conference_json(c) for c in page.items], "nextCursor": cursor})
 
 

@@ -18,7 +18,6 @@ from app.api import (
     document_errors,
     invalid_query,
     ok,
-    query_key,
     schemas,
 )
 from app.delivery import filing
@@ -41,15 +40,10 @@ def event_filter(args: dict[str, Any], conference_pk: str | None = None
 
 
 def event_page(flt: queries.EventFilter, args: dict[str, Any]) -> Response:
-    key = query_key(args)
     try:
-        after = (queries.decode_cursor(args["cursor"], key, int) if "cursor" in args
-                 else None)
+        page, cursor = filters.event_page(db.read_session(), flt, args, args["limit"])
     except queries.InvalidQuery as exc:
         raise invalid_query(exc) from None
-    page = queries.events_page(db.read_session(), flt, descending=args["order"] == "desc",
-                               after=after, limit=args["limit"])
-    cursor = queries.encode_cursor(key, *page.next_key) if page.next_key else None
     return ok({"data": [event_json(e) for e in page.items], "nextCursor": cursor})
 
 
