@@ -105,22 +105,26 @@ def register_errorhandlers(app: Flask) -> None:
         return error_response(500, "internal_error", "internal error")
 
 
-def database_error_response(exc: DBAPIError) -> Response:
-    """The answer to a database failure (in an app context): a 503, never a 4xx or a 500.
+def database_failure(exc: DBAPIError, **log_extra: Any) -> tuple[str, str]:
+    """Log a database failure and name it for a 503: ``(code, message)``.
 
     Senders treat a 4xx as final, so our own failure must never look like one: a 503 with
-    Retry-After makes the provider retry or fall back.
+    Retry-After makes the provider retry or fall back. The API's handler and the deliveries'
+    intake both answer with this.
     """
     if db.is_lock_wait(exc):
-        log.warning("database busy: a lock was not granted in time")
-        return error_response(503, "database_busy", "the database is busy (locked); "
-                              "retry later", headers={"Retry-After": "5"})
+        log.warning("database busy: a lock was not granted in time", extra=log_extra)
+        return "database_busy", "the database is busy (locked); retry later"
     # The driver's name for the failure (SQLITE_IOERR_WRITE, SQLITE_READONLY, SQLSTATE 57P01)
     # tells an operator what to look at.
-    log.error("database unavailable: %s", db.error_name(exc))
-    return error_response(503, "database_unavailable",
-                          "the database is unavailable; retry later",
-                          headers={"Retry-After": "5"})
+    log.error("database unavailable: %s", db.error_name(exc), extra=log_extra)
+    return "database_unavailable", "the database is unavailable; retry later"
+
+
+def database_error_response(exc: DBAPIError) -> Response:
+    """The answer to a database failure (in an app context): a 503, never a 4xx or a 500."""
+    code, message = database_failure(exc)
+    return error_response(503, code, message, headers={"Retry-After": "5"})
 
 
 def _is_admin_page() -> bool:

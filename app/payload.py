@@ -45,7 +45,7 @@ def _printable(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text.replace("\x00", "\\0"))
 
 
-def find_nul(value: Any, where: str = "body") -> str | None:
+def find_unstorable(value: Any, where: str = "body") -> str | None:
     """Where a decoded value holds a NUL character (PostgreSQL stores none) or a lone
     surrogate (no database's text is UTF-16), or None."""
     if isinstance(value, str):
@@ -55,12 +55,12 @@ def find_nul(value: Any, where: str = "body") -> str | None:
             inner = f"{where}.{key}" if where != "body" else str(key)
             if _unstorable(str(key)):
                 return _printable(inner)
-            found = find_nul(item, inner)
+            found = find_unstorable(item, inner)
             if found:
                 return found
     if isinstance(value, list):
         for index, item in enumerate(value):
-            found = find_nul(item, f"{where}[{index}]")
+            found = find_unstorable(item, f"{where}[{index}]")
             if found:
                 return found
     return None

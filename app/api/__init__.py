@@ -17,7 +17,7 @@ from app import conferences, delivery
 from app.api import schemas
 from app.catapult import CatapultAPIError, CatapultTimeout
 from app.errors import APIError
-from app.payload import decode_json, find_nul, is_json, reject_nul_in_request
+from app.payload import decode_json, find_unstorable, is_json, reject_nul_in_request
 from app.queries import InvalidQuery
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1",
@@ -73,7 +73,7 @@ def json_body() -> Any:
     if not is_json(request.mimetype):
         raise APIError(415, "unsupported_media_type", "send Content-Type: application/json")
     body = decode_json(request.get_data(cache=True))
-    where = find_nul(body)
+    where = find_unstorable(body)
     if where:
         raise APIError(422, "invalid_request", "a NUL character or a lone surrogate is not "
                        "allowed", {where[:64]: "NUL character or lone surrogate"})

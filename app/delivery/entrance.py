@@ -71,11 +71,11 @@ class Entrance:
             headers += [("Content-Type", "application/json"),
                         ("Content-Length", str(len(body)))]
         start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers)
+        declared = environ.get("CONTENT_LENGTH") or ""
         logs.request_done(request_id=request_id, method=method, path=log_path, route=ROUTE,
                           status=answer.status, seconds=time.perf_counter() - started,
                           remote=environ.get("REMOTE_ADDR"),
-                          bytes_in=int(environ.get("CONTENT_LENGTH") or 0)
-                          if (environ.get("CONTENT_LENGTH") or "").isdigit() else 0,
+                          bytes_in=int(declared) if declared.isdigit() else 0,
                           delivery=answer.delivery)
         return [body] if body else []
 

@@ -18,10 +18,11 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app import db, metrics
+from app import metrics
 from app.delivery import filing
 from app.delivery.interpret import NotADelivery, Parsed, interpret, read_body, read_query
 from app.delivery.rejections import RejectionCounter
+from app.errors import database_failure
 from app.keys import CHANNELS, key_matches
 from app.statements import Runner
 
@@ -130,15 +131,7 @@ class Intake:
         except PoolTimeout:
             return _unavailable("database_busy", "the database is busy; retry later")
         except DBAPIError as exc:
-            if db.is_lock_wait(exc):
-                log.warning("delivery: a lock was not granted in time",
-                            extra={"request_id": parts.request_id})
-                return _unavailable("database_busy", "the database is busy (locked); "
-                                    "retry later")
-            log.error("database unavailable: %s", db.error_name(exc),
-                      extra={"request_id": parts.request_id})
-            return _unavailable("database_unavailable",
-                                "the database is unavailable; retry later")
+            return _unavailable(*database_failure(exc, request_id=parts.request_id))
         except Exception:
             # Not this delivery's fault, or a fault of ours: rolled back alone, and retried.
             log.exception("delivery: storing failed", extra={
