@@ -90,18 +90,22 @@ class Runner:
     """Runs prepared statements on one DBAPI connection, in its current transaction.
 
     :meth:`of` takes a session's connection (opening its transaction if needed). A
-    connection the caller holds itself (the SQLite writer's) is given with its dialect.
+    connection the caller holds itself (the SQLite writer's) is given with its dialect. On a
+    connection in autocommit mode (PostgreSQL's deliveries) each statement commits itself
+    until :meth:`begin`; whoever holds the connection then commits (``began``).
     """
 
-    __slots__ = ("connection", "cursor", "dbapi_connection", "dialect")
+    __slots__ = ("autocommit", "began", "connection", "cursor", "dbapi_connection", "dialect")
 
     _CACHE: dict[tuple[str, Any], Prepared] = {}
 
     def __init__(self, dbapi_connection: Any, dialect: Dialect,
-                 connection: Connection | None = None) -> None:
+                 connection: Connection | None = None, *, autocommit: bool = False) -> None:
         self.dbapi_connection = dbapi_connection
         self.dialect = dialect
         self.connection = connection
+        self.autocommit = autocommit
+        self.began = False
         self.cursor = dbapi_connection.cursor()
 
     @classmethod
@@ -124,6 +128,13 @@ class Runner:
         except self.dialect.loaded_dbapi.Error as exc:
             raise self._translate(exc, prepared.sql, args) from exc
         return self.cursor
+
+    def begin(self) -> None:
+        """Make the statements that follow one transaction (a no-op inside one already)."""
+        if self.autocommit:
+            self.driver_sql("BEGIN")
+            self.autocommit = False
+            self.began = True
 
     def driver_sql(self, sql: str) -> None:
         try:

@@ -203,11 +203,12 @@ def _writable_elsewhere(database_url: str) -> None:
 @pytest.fixture
 def failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Make storing fail, where the test says: ``where["at"]`` is ``record`` (inside one
-    delivery's work) or ``end`` (after it: SQLite's savepoint release, which fails the
-    whole batch, or PostgreSQL's commit)."""
+    delivery's work) or ``end`` (as it is committed: SQLite's savepoint release, which fails
+    the whole batch, or PostgreSQL's one statement, which is its own transaction)."""
     where = {"at": ""}
     record = filing.record
     driver_sql = Runner.driver_sql
+    execute = Runner.execute
 
     def failing_record(run: Runner, **kwargs: Any) -> filing.Outcome:
         if where["at"] == "record" and kwargs["event"].payload.get("boom"):
@@ -215,14 +216,19 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         return record(run, **kwargs)
 
     def failing_driver_sql(self: Runner, sql: str) -> None:
-        if where["at"] == "end" and sql in ("RELEASE delivery", "COMMIT") and (
-                sql == "COMMIT") == (self.dialect.name == "postgresql"):
+        if where["at"] == "end" and sql == "RELEASE delivery":
             # As a value the driver cannot encode fails: in the cursor, mid-statement.
             self.cursor.execute("SELECT 1 WHERE 1 = ?", ("x\ud800",))
         driver_sql(self, sql)
 
+    def failing_execute(self: Runner, prepared: Any, params: dict[str, Any]) -> Any:
+        if where["at"] == "end" and self.dialect.name == "postgresql" and self.autocommit:
+            self.cursor.execute("SELECT 1 WHERE 1 = %s", ("x\ud800",))
+        return execute(self, prepared, params)
+
     monkeypatch.setattr(filing, "record", failing_record)
     monkeypatch.setattr(Runner, "driver_sql", failing_driver_sql)
+    monkeypatch.setattr(Runner, "execute", failing_execute)
     yield where
 
 

@@ -7,6 +7,13 @@ must agree with it (playback and speak events carry the audio request's tag inst
 arrival order does not matter and two instances filing at once cannot undo each other.
 Events that match nothing, disagree, or could not be interpreted are kept, and can be filed
 again later (:func:`rematch`).
+
+Two ways to run the same rules. In a transaction (SQLite's writer, re-matching) the steps
+are statements in turn: find the conference, upsert the event, update the views. On a
+PostgreSQL connection in autocommit mode a delivery is one statement, its own transaction:
+the match is decided, the event upserted and the views updated by common table expressions
+built from the same parts; only an event that fills in its conference's provider id takes
+the steps instead.
 """
 
 from __future__ import annotations
@@ -16,7 +23,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Boolean, Integer, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Integer,
+    String,
+    bindparam,
+    case,
+    column,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+    values,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -39,29 +61,37 @@ class Outcome:
 
 def record(run: Runner, *, subject: str, channel: str, method: str, event: Parsed
            ) -> Outcome:
-    """File one interpreted delivery in ``run``'s transaction; the caller commits.
+    """File one interpreted delivery; the caller commits (see :class:`Runner`).
 
     ``subject`` is the conference id the URL names, or ``shared``.
     """
-    conference, match, reason = _match(run, subject, event)
     now = utcnow()
-    upsert_event = run.prepared("event-upsert", lambda: _event_upsert(run.dialect.name))
-    row = run.execute(upsert_event, {
-        "conference_pk": conference.id if conference else None,
+    at = event.event_time or now
+    views = _view_params(event, at)
+    params = {
         "event_type": event.event_type, "unknown_type": event.unknown_type,
         "conference_id": event.conference_id, "member_id": event.member_id,
         "call_id": event.call_id, "status": event.status, "tag": event.tag,
         "active_members": event.active_members, "mute": event.mute, "hold": event.hold,
-        "event_time": event.event_time, "occurred_at": event.event_time or now,
+        "event_time": event.event_time, "occurred_at": at,
         "payload": event.payload, "raw": event.raw, "dedup_key": event.dedup_key,
         "first_received_at": now, "last_received_at": now, "deliveries": 1,
-        "channels": CHANNEL_BITS[channel], "method": method, "match": match,
-        "match_reason": reason,
-    }).fetchone()
+        "channels": CHANNEL_BITS[channel], "method": method,
+    }
+    if run.autocommit:
+        outcome = _record_at_once(run, subject, event, {**params, **views})
+        if outcome is not None:
+            return outcome
+        run.begin()  # it fills in its conference's provider id: the steps, in a transaction
+    conference, match, reason = _match(run, subject, event)
+    upsert_event = run.prepared("event-upsert", lambda: _event_upsert(run.dialect.name))
+    row = run.execute(upsert_event, {
+        **params, "conference_pk": conference.id if conference else None, "match": match,
+        "match_reason": reason}).fetchone()
     event_id, deliveries, row_match, row_reason, row_conference = row
     duplicate = deliveries > 1
     if not duplicate and conference is not None and match == "matched":
-        _apply(run, conference.id, event, event.event_time or now)
+        _update_views(run, {**views, "pk": conference.id}, event)
     return Outcome(event_id=event_id, event_type=event.event_type, duplicate=duplicate,
                    match=row_match, match_reason=row_reason, conference_pk=row_conference)
 
@@ -70,6 +100,7 @@ def record(run: Runner, *, subject: str, channel: str, method: str, event: Parse
 # SQLAlchemy compiles each once per dialect instead of building a statement per delivery.
 _CONF = Conference.__table__
 _EVENTS = Event.__table__
+_MEMBERS = Member.__table__
 _MATCH_COLUMNS = (_CONF.c.id, _CONF.c.conference_id, _CONF.c.tag)
 _BY_PK = select(*_MATCH_COLUMNS).where(_CONF.c.id == bindparam("pk"))
 _BY_PROVIDER_ID = select(*_MATCH_COLUMNS).where(_CONF.c.conference_id == bindparam("cid"))
@@ -77,19 +108,24 @@ _ID_TAKEN = select(_CONF.c.id).where(_CONF.c.conference_id == bindparam("cid"),
                                      _CONF.c.id != bindparam("pk"))
 _FILL_ID = update(_CONF).where(_CONF.c.id == bindparam("pk"), _CONF.c.conference_id.is_(None)
                                ).values(conference_id=bindparam("cid"))
+_EVENT_COLUMNS = tuple(c.name for c in _EVENTS.c if c.name != "id")
+_RETURNED = ("id", "deliveries", "match", "match_reason", "conference_pk")
 
 
 def _event_upsert(dialect: str) -> Any:
     """INSERT an event, or count one more delivery of it (same dedup key)."""
-    columns = [c.name for c in _EVENTS.c if c.name != "id"]
-    stmt = _insert(_EVENTS, dialect).values({name: bindparam(name) for name in columns})
+    stmt = _insert(_EVENTS, dialect).values({name: bindparam(name) for name in _EVENT_COLUMNS})
+    return _counted(stmt)
+
+
+def _counted(stmt: Any) -> Any:
+    """``stmt`` (an event's INSERT) counting one more delivery of an event already stored."""
     return stmt.on_conflict_do_update(
         index_elements=[_EVENTS.c.dedup_key],
         set_={"deliveries": _EVENTS.c.deliveries + 1,
               "last_received_at": stmt.excluded.last_received_at,
               "channels": _EVENTS.c.channels.op("|")(stmt.excluded.channels)},
-    ).returning(_EVENTS.c.id, _EVENTS.c.deliveries, _EVENTS.c.match,
-                _EVENTS.c.match_reason, _EVENTS.c.conference_pk)
+    ).returning(*(_EVENTS.c[name] for name in _RETURNED))
 
 
 def _insert(table: Any, dialect: str) -> Any:
@@ -107,12 +143,20 @@ def _row(values: Any) -> ConferenceRow | None:
     return None if values is None else ConferenceRow(*values)
 
 
+def _not_found(subject: str, event: Parsed) -> str:
+    """Why an event matched no conference."""
+    if subject != SHARED:
+        return "conference_not_found"
+    return "no_conference_id" if event.conference_id is None else "unknown_conference"
+
+
 def _match(run: Runner, subject: str, event: Parsed) -> tuple[Any, str, str | None]:
     """Decide which conference an event belongs to, and whether it agrees with it.
 
     Returns the conference as a row of ``id``, ``conference_id`` and ``tag`` (or None), the
     match and its reason. An event that could not be interpreted is ``invalid`` whatever
     else is true of it, kept with the conference it names, and folded into no view.
+    (:func:`_decision` is the same rule as one SQL expression.)
     """
     conference, match, reason = _find(run, subject, event)
     if event.problem is not None:
@@ -122,17 +166,16 @@ def _match(run: Runner, subject: str, event: Parsed) -> tuple[Any, str, str | No
 
 def _find(run: Runner, subject: str, event: Parsed) -> tuple[Any, str, str | None]:
     if subject == SHARED:
-        if event.conference_id is None:
-            return None, "unmatched", "no_conference_id"
-        conference = _row(run.execute(run.prepared("by-provider-id", lambda: _BY_PROVIDER_ID),
-                                      {"cid": event.conference_id}).fetchone())
+        conference = None if event.conference_id is None else _row(run.execute(
+            run.prepared("by-provider-id", lambda: _BY_PROVIDER_ID),
+            {"cid": event.conference_id}).fetchone())
         if conference is None:
-            return None, "unmatched", "unknown_conference"
+            return None, "unmatched", _not_found(subject, event)
     else:
         conference = _row(run.execute(run.prepared("by-pk", lambda: _BY_PK),
                                       {"pk": subject}).fetchone())
         if conference is None:
-            return None, "unmatched", "conference_not_found"
+            return None, "unmatched", _not_found(subject, event)
         if event.conference_id is not None:
             if conference.conference_id is None:
                 # The callback outran the provider's 201: the URL key vouches for the
@@ -153,17 +196,58 @@ def _find(run: Runner, subject: str, event: Parsed) -> tuple[Any, str, str | Non
     return conference, "matched", None
 
 
+# -- the views: one UPDATE of the conference per kind of event, one upsert of the member -------
+
 def _one_of(column: Any, values: Sequence[str]) -> ColumnElement[Any]:
     """``column IN (values)`` as ORs of constants: no expanding parameter to process per run."""
     return or_(*(column == value for value in values))
 
 
-def _later(column: Any, value: datetime) -> ColumnElement[Any]:
+def _later(column: Any, value: Any) -> ColumnElement[Any]:
     return case((column.is_(None) | (column < value), value), else_=column)
 
 
-def _earlier(column: Any, value: datetime) -> ColumnElement[Any]:
+def _earlier(column: Any, value: Any) -> ColumnElement[Any]:
     return case((column.is_(None) | (column > value), value), else_=column)
+
+
+# Parts of the statements below: built once, not per delivery (only a statement's first use
+# compiles it).
+_THIS = _CONF.c.id == bindparam("pk")
+_AT = bindparam("at", type_=_CONF.c.last_event_at.type)
+_CREATED = bindparam("created", type_=_CONF.c.created_time.type)
+
+Kind = tuple[Any, ...]
+MemberShape = tuple[str | None, bool, bool, bool]
+
+
+def _kind(event: Parsed) -> Kind:
+    """What an event changes in its conference's row (one UPDATE per kind)."""
+    if event.event_type == "conference-member":
+        return ("member",)
+    if event.event_type == "conference" and event.status == "created":
+        return ("created",)
+    if event.event_type == "conference" and event.status == "completed":
+        return ("completed", event.created_time is not None)
+    return ("last",)
+
+
+def _member_shape(event: Parsed) -> MemberShape | None:
+    """What a member event changes in its member's row; None for no member row."""
+    if event.event_type != "conference-member" or event.member_id is None:
+        return None
+    return (event.status if event.status in ("active", "completed") else None,
+            event.call_id is not None, event.mute is not None, event.hold is not None)
+
+
+def _view_params(event: Parsed, at: datetime) -> dict[str, Any]:
+    """The views' statements' parameters. None is named like a column: in the steps'
+    statements SQLAlchemy names a constant's parameter after its column, and a value given
+    under that name would replace the constant."""
+    return {"now": utcnow(), "at": at, "activate": event.status == "active",
+            "active": event.active_members, "created": event.created_time or at,
+            "member": event.member_id, "call": event.call_id, "new_mute": event.mute,
+            "new_hold": event.hold}
 
 
 def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> None:
@@ -174,106 +258,91 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
     """
     run = Runner.of(session)
     try:
-        _apply(run, conference_pk, event, at)
+        _update_views(run, {**_view_params(event, at), "pk": conference_pk}, event)
     finally:
         run.close()
 
 
-# Parts of the statements below: built once, not per delivery (only a statement's first use
-# compiles it).
-_THIS = _CONF.c.id == bindparam("pk")
-_AT = bindparam("at", type_=_CONF.c.last_event_at.type)
-_CREATED = bindparam("created", type_=_CONF.c.created_time.type)
+def _update_views(run: Runner, params: dict[str, Any], event: Parsed) -> None:
+    kind, shape = _kind(event), _member_shape(event)
+    run.execute(run.prepared(("conference", *kind), lambda: update(_CONF).where(_THIS).values(
+        **_conference_changes(kind))), params)
+    if shape is not None:
+        run.execute(run.prepared(("member", *shape), lambda: _member_upsert(
+            _insert(_MEMBERS, run.dialect.name), shape, None)), params)
 
 
-def _apply(run: Runner, conference_pk: str, event: Parsed, at: datetime) -> None:
-    conf, this, at_ = _CONF, _THIS, _AT
-    params: dict[str, Any] = {"pk": conference_pk, "at": at}
-    if event.event_type == "conference-member":
-        # One statement for the conference's part of a member event (the most common kind).
-        # Every SET expression reads the row as it was, so the conditions agree.
-        run.execute(run.prepared(("conf-member-event",), lambda: _member_event_update(at_)), {
-            **params, "activate": event.status == "active", "active": event.active_members})
-        if event.member_id is not None:
-            _apply_member(run, conference_pk, event, at)
-        return
-    run.execute(run.prepared(("conf-last",), lambda: update(conf).where(this).values(
-        last_event_at=_later(conf.c.last_event_at, at_))), params)
-
-    if event.event_type == "conference":
-        created_ = _CREATED
-        if event.status == "created":
-            created = event.created_time or at
-            run.execute(run.prepared(("conf-created-time",), lambda: update(conf).where(this)
-                                    .values(created_time=_earlier(conf.c.created_time,
-                                                                  created_))),
-                            {**params, "created": created})
-            run.execute(run.prepared(("conf-created",), lambda: update(conf).where(
-                this, _one_of(conf.c.state, ("pending", "failed"))).values(state="created")),
-                params)
-        elif event.status == "completed":
-            created = event.created_time
-
-            def completed() -> Any:
-                values: dict[str, Any] = {
-                    "state": "completed", "completed_time": at_, "active_members": 0,
-                    "active_members_at": at_,
-                }
-                if created is not None:
-                    values["created_time"] = _earlier(conf.c.created_time, created_)
-                return update(conf).where(this, conf.c.state != "completed").values(**values)
-
-            run.execute(run.prepared(("conf-completed", created is not None), completed),
-                            {**params, "created": created})
+def _conference_changes(kind: Kind) -> dict[str, Any]:
+    """The SET of the conference's UPDATE for an event of ``kind``. Every expression reads
+    the row as it was, so the conditions agree."""
+    conf, at_ = _CONF, _AT
+    # updated_at given, not left to its onupdate: SQLAlchemy does not fill that in for an
+    # UPDATE inside a WITH.
+    changes: dict[str, Any] = {
+        "last_event_at": _later(conf.c.last_event_at, at_),
+        "updated_at": bindparam("now", type_=conf.c.updated_at.type)}
+    if kind[0] == "member":
+        activate = bindparam("activate", type_=Boolean())
+        active = bindparam("active", type_=Integer())
+        newer = active.is_not(None) & (conf.c.active_members_at.is_(None)
+                                       | (conf.c.active_members_at < at_))
+        changes.update(
+            state=case((activate & _one_of(conf.c.state, ("pending", "failed", "created")),
+                        "active"), else_=conf.c.state),
+            active_members=case((newer, active), else_=conf.c.active_members),
+            active_members_at=case((newer, at_), else_=conf.c.active_members_at))
+    elif kind[0] == "created":
+        changes.update(
+            created_time=_earlier(conf.c.created_time, _CREATED),
+            state=case((_one_of(conf.c.state, ("pending", "failed")), "created"),
+                       else_=conf.c.state))
+    elif kind[0] == "completed":
+        # A conference completes once: a later "completed" changes only last_event_at.
+        done = conf.c.state == "completed"
+        changes.update(
+            state="completed",
+            completed_time=case((done, conf.c.completed_time), else_=at_),
+            active_members=case((done, conf.c.active_members), else_=0),
+            active_members_at=case((done, conf.c.active_members_at), else_=at_))
+        if kind[1]:  # the event says when it was created
+            changes["created_time"] = case(
+                (done, conf.c.created_time), else_=_earlier(conf.c.created_time, _CREATED))
+    return changes
 
 
-def _member_event_update(at_: Any) -> Any:
-    conf = _CONF
-    activate = bindparam("activate", type_=Boolean())
-    active = bindparam("active", type_=Integer())
-    newer = active.is_not(None) & (conf.c.active_members_at.is_(None)
-                                   | (conf.c.active_members_at < at_))
-    return update(conf).where(conf.c.id == bindparam("pk")).values(
-        last_event_at=_later(conf.c.last_event_at, at_),
-        state=case((activate & _one_of(conf.c.state, ("pending", "failed", "created")), "active"),
-                   else_=conf.c.state),
-        active_members=case((newer, active), else_=conf.c.active_members),
-        active_members_at=case((newer, at_), else_=conf.c.active_members_at),
-    )
-
-
-def _apply_member(run: Runner, conference_pk: str, event: Parsed, at: datetime) -> None:
+def _member_upsert(insert: Any, shape: MemberShape, source: Any) -> Any:
     """Insert the member as this event describes it, or fold the event into the row.
 
-    One statement per event, built once per shape of event (status, which fields it has)
-    and dialect: a new member gets the values the event gives; an existing one takes each
-    value only where the event is newer than what set it before.
+    One statement per shape of event (status, which fields it has): a new member gets the
+    values the event gives; an existing one takes each value only where the event is newer
+    than what set it before. Its conference is ``:pk``, or ``source``'s ``conference_pk``
+    (then the row is inserted from ``source``, as many times as it has rows: none or one).
     """
-    shape = (event.status if event.status in ("active", "completed") else None,
-             event.call_id is not None, event.mute is not None, event.hold is not None)
-    # No parameter may be named like a column: an UPDATE would take it as one more SET.
-    build = lambda: _member_upsert(run.dialect.name, *shape)  # noqa: E731
-    run.execute(run.prepared(("member", *shape), build), {
-        "pk": conference_pk, "member": event.member_id, "call": event.call_id, "at": at,
-        "new_mute": event.mute, "new_hold": event.hold})
-
-
-def _member_upsert(dialect: str, status: str | None, has_call: bool, has_mute: bool,
-                   has_hold: bool) -> Any:
-    members = Member.__table__
-    c = members.c
+    status, has_call, has_mute, has_hold = shape
+    c = _MEMBERS.c
     at_ = bindparam("at", type_=c.last_event_at.type)
     call = bindparam("call", type_=c.call_id.type)
     mute = bindparam("new_mute", type_=Boolean())
     hold = bindparam("new_hold", type_=Boolean())
     has_flags = has_mute or has_hold
-    stmt = _insert(members, dialect).values(
-        conference_pk=bindparam("pk"), member_id=bindparam("member"), call_id=call,
-        state="completed" if status == "completed" else "active",
-        joined_at=at_ if status == "active" else None,
-        left_at=at_ if status == "completed" else None,
-        mute=mute if has_mute else False, hold=hold if has_hold else False,
-        status_at=at_ if has_flags else None, last_event_at=at_)
+
+    def constant(name: str, value: Any) -> Any:
+        return literal(value, type_=c[name].type)
+
+    row = {
+        "conference_pk": bindparam("pk", type_=c.conference_pk.type) if source is None
+        else source.c.conference_pk,
+        "member_id": bindparam("member", type_=c.member_id.type), "call_id": call,
+        "state": constant("state", "completed" if status == "completed" else "active"),
+        "joined_at": at_ if status == "active" else constant("joined_at", None),
+        "left_at": at_ if status == "completed" else constant("left_at", None),
+        "mute": mute if has_mute else constant("mute", False),
+        "hold": hold if has_hold else constant("hold", False),
+        "status_at": at_ if has_flags else constant("status_at", None),
+        "last_event_at": at_,
+    }
+    stmt = insert.values(row) if source is None else insert.from_select(
+        list(row), select(*row.values()).select_from(source))
     changes: dict[str, Any] = {"last_event_at": _later(c.last_event_at, at_)}
     if has_call:
         changes["call_id"] = case((c.call_id.is_(None), call), else_=c.call_id)
@@ -291,6 +360,76 @@ def _member_upsert(dialect: str, status: str | None, has_call: bool, has_mute: b
             changes["hold"] = case((newer, hold), else_=c.hold)
     return stmt.on_conflict_do_update(index_elements=[c.conference_pk, c.member_id],
                                       set_=changes)
+
+
+# -- PostgreSQL: a delivery in one statement -------------------------------------------------
+
+def _record_at_once(run: Runner, subject: str, event: Parsed, params: dict[str, Any]
+                    ) -> Outcome | None:
+    """File the delivery in one statement, committed by itself; None (nothing written) when
+    it would fill in its conference's provider id, which takes the steps of :func:`_find`."""
+    shared = subject == SHARED
+    kind, shape = _kind(event), _member_shape(event)
+    statement = run.prepared(("at-once", shared, kind, shape),
+                             lambda: _at_once(shared, kind, shape))
+    fill, *row = run.execute(statement, {
+        **params, "subject": subject, "media": event.is_media,
+        "problem": None if event.problem is None else event.problem[:64],
+        "not_found": _not_found(subject, event)}).fetchone()
+    if fill:
+        return None
+    event_id, deliveries, match, reason, conference_pk = row
+    return Outcome(event_id=event_id, event_type=event.event_type, duplicate=deliveries > 1,
+                   match=match, match_reason=reason, conference_pk=conference_pk)
+
+
+def _decision(shared: bool) -> Any:
+    """:func:`_match` as SQL: one row of the conference's ``pk`` (or NULL), ``fill`` (the
+    event would fill in the conference's provider id), ``match`` and ``reason``."""
+    conf = _CONF
+    cid = bindparam("conference_id", type_=conf.c.conference_id.type)
+    tag = bindparam("tag", type_=conf.c.tag.type)
+    problem = bindparam("problem", type_=_EVENTS.c.match_reason.type)
+    media = bindparam("media", type_=Boolean())
+    lookup = (conf.c.conference_id == cid) if shared else (
+        conf.c.id == bindparam("subject", type_=conf.c.id.type))
+    one = values(column("one", Integer), name="one").data([(1,)])
+    found = conf.c.id.is_not(None)
+    other_id = cid.is_not(None) & (conf.c.conference_id != cid)
+    other_tag = tag.is_not(None) & ~media & conf.c.tag.is_distinct_from(tag)
+    fill = false() if shared else (found & cid.is_not(None) & conf.c.conference_id.is_(None))
+    reason_type = _EVENTS.c.match_reason.type
+    return select(
+        conf.c.id.label("pk"), fill.label("fill"),
+        case((problem.is_not(None), "invalid"), (~found, "unmatched"),
+             (other_id | other_tag, "conflict"), else_="matched").label("match"),
+        case((problem.is_not(None), problem),
+             (~found, bindparam("not_found", type_=String())),
+             (other_id, literal("conference_id_mismatch", type_=reason_type)),
+             (other_tag, literal("tag_mismatch", type_=reason_type)),
+             else_=literal(None, type_=reason_type)).label("reason"),
+    ).select_from(one.outerjoin(conf, lookup)).cte("decision")
+
+
+def _at_once(shared: bool, kind: Kind, shape: MemberShape | None) -> Any:
+    """The statement of :func:`_record_at_once`: decide, upsert the event, and, when it is
+    new and matched, update its conference and member, as the steps would."""
+    decision = _decision(shared)
+    source = {"conference_pk": decision.c.pk, "match": decision.c.match,
+              "match_reason": decision.c.reason}
+    chosen = select(*(source.get(name, bindparam(name, type_=_EVENTS.c[name].type))
+                      for name in _EVENT_COLUMNS)).where(~decision.c.fill)
+    stored = _counted(postgresql.insert(_EVENTS).from_select(_EVENT_COLUMNS, chosen)
+                      ).cte("stored")
+    new = select(stored.c.conference_pk).where(stored.c.deliveries == 1,
+                                               stored.c.match == "matched")
+    views = [update(_CONF).where(_CONF.c.id.in_(new)).values(**_conference_changes(kind))
+             .returning(_CONF.c.id).cte("conference_view")]
+    if shape is not None:
+        views.append(_member_upsert(postgresql.insert(_MEMBERS), shape, new.subquery("new"))
+                     .returning(_MEMBERS.c.id).cte("member_view"))
+    return select(decision.c.fill, *(stored.c[name] for name in _RETURNED)).select_from(
+        decision.outerjoin(stored, true())).add_cte(*views)
 
 
 # -- re-matching ------------------------------------------------------------------------------

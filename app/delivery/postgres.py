@@ -2,7 +2,9 @@
 
 The server takes concurrent writers as they come (row locks, its own WAL group commit), so
 every delivery commits alone; a batch could hold several conferences' row locks at once and
-deadlock with another instance's. The pool has no ping at checkout (one round trip less): a
+deadlock with another instance's. The connections are in autocommit mode: a delivery is one
+statement, its own transaction (``filing``), and one round trip; work that begins a
+transaction of several statements is committed here. The pool has no ping at checkout: a
 connection idle for ``IDLE_PING_S`` is pinged before use, and a failure that shows the
 server went away retires every connection opened before it. A server that stops answering
 without closing anything would hold the thread for as long as TCP waits: the
@@ -140,19 +142,21 @@ class PostgresStore:
             event.listen(app_engine, "engine_disposed", lambda _engine: engine.dispose())
 
     def run(self, work: Callable[[Runner], T]) -> T:
-        """``work(runner)`` in a transaction, committed; rolled back if it raises.
+        """``work(runner)``, each statement committed by itself until the work begins a
+        transaction (:meth:`Runner.begin`), which is then committed; rolled back if it raises.
 
         Raises ``concurrent.futures.TimeoutError`` if the server kept it waiting past the
         deadline, as when no connection was free.
         """
         deadline = time.monotonic() + self.wait_s + self.grace_s
         connection = self._connection(deadline)
-        run = Runner(connection.driver_connection, self.engine.dialect)
+        run = Runner(connection.driver_connection, self.engine.dialect, autocommit=True)
         watch: Watch | None = None
         try:
             with self.watchdog.watch(self._fd(connection), deadline) as watch:
                 result = work(run)
-                run.driver_sql("COMMIT")
+                if run.began:
+                    run.driver_sql("COMMIT")
             if watch.cut:  # committed just as its time ran out: stored, the connection done
                 connection.invalidate()
             return result
