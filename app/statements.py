@@ -3,6 +3,9 @@
 Each statement is compiled once, with its parameter order, defaults and SQLAlchemy's own bind
 processors, and each run is one ``cursor.execute`` in the caller's transaction: the SQL
 SQLAlchemy would send, without its per-execution machinery (bench/README.md measures it).
+On PostgreSQL the SQL is compiled with the server's own ``$n`` placeholders and run on a
+psycopg ``RawCursor``, which sends it as it is: a ``%(name)s`` statement is parsed again on
+every run once it is over 4 KiB or 50 parameters, as a delivery's one statement is.
 Results are plain rows; errors are SQLAlchemy's ``DBAPIError`` subclasses, and a lost or
 read-only connection is invalidated as the engines of ``app/db.py`` do.
 """
@@ -22,13 +25,26 @@ from app.db import read_only_connection
 _MISSING = object()
 
 
+_NUMBERED: dict[type[Dialect], Dialect] = {}
+
+
+def _placeholders(dialect: Dialect) -> Dialect:
+    """The dialect to compile with: PostgreSQL's with ``$n`` placeholders (see above)."""
+    if dialect.name != "postgresql":
+        return dialect
+    numbered = _NUMBERED.get(type(dialect))
+    if numbered is None:
+        numbered = _NUMBERED[type(dialect)] = type(dialect)(paramstyle="numeric_dollar")
+    return numbered
+
+
 class Prepared:
     """One statement compiled for one dialect."""
 
     __slots__ = ("binds", "order", "positional", "sql")
 
     def __init__(self, stmt: Any, dialect: Dialect) -> None:
-        compiled = stmt.compile(dialect=dialect)
+        compiled = stmt.compile(dialect=_placeholders(dialect))
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise ValueError("statements with expanding (IN) parameters are not prepared here")
         self.sql = compiled.string
@@ -106,7 +122,8 @@ class Runner:
         self.connection = connection
         self.autocommit = autocommit
         self.began = False
-        self.cursor = dbapi_connection.cursor()
+        self.cursor = (dialect.loaded_dbapi.RawCursor(dbapi_connection)
+                       if dialect.name == "postgresql" else dbapi_connection.cursor())
 
     @classmethod
     def of(cls, session: Session) -> Runner:
