@@ -7,6 +7,7 @@ suite runs on: SQLite, or PostgreSQL with CONFHOOK_TEST_POSTGRES_URL.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import socket
 import threading
@@ -113,6 +114,48 @@ def test_concurrent_duplicates_at_two_instances_are_one_event(pair: tuple[Stack,
     view = requests.get(f"{a.service_url}/api/v1/conferences/{conference['id']}",
                         headers=a.auth(), timeout=10).json()
     assert view["activeMembers"] == len(bodies) and len(view["members"]) == len(bodies)
+
+
+def test_two_instances_take_one_load_together(pair: tuple[Stack, Stack]) -> None:
+    """Scale-out: one stream of deliveries spread over both instances, each event twice (once
+    to each, as retries after a lost answer would); every event is stored once, with both
+    deliveries counted, and the views come out as if one instance had taken them all."""
+    a, b = pair
+    conferences = [create(a, tag="load") for _ in range(4)]
+    per_conference = 40
+    jobs = []
+    for conference in conferences:
+        for i in range(per_conference):
+            body = ev.member(conference["conferenceId"], f"m-{i}", "active",
+                             f"2024-05-01T10:{i // 60:02d}:{i % 60:02d}Z", active=i + 1,
+                             tag="load")
+            jobs += [(a, conference["callbackUrl"], body), (b, conference["fallbackUrl"], body)]
+    random.Random(7).shuffle(jobs)
+
+    def send(job: tuple[Stack, str, dict[str, Any]]) -> int:
+        stack, url, body = job
+        with requests.Session() as session:
+            for _ in range(20):  # as the provider retries a 503
+                status = session.post(on(stack, url), json=body, timeout=30).status_code
+                if status != 503:
+                    return status
+        return status
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(send, jobs))
+    assert statuses == [204] * len(jobs)
+    for conference in conferences:
+        stored = requests.get(
+            f"{b.service_url}/api/v1/conferences/{conference['id']}/events",
+            params={"limit": 1000, "eventType": "conference-member"}, headers=b.auth(),
+            timeout=10).json()["data"]
+        assert len(stored) == per_conference
+        assert all(e["deliveries"] == 2 and e["channels"] == ["callback", "fallback"]
+                   for e in stored)
+        view = requests.get(f"{a.service_url}/api/v1/conferences/{conference['id']}",
+                            headers=a.auth(), timeout=10).json()
+        assert view["activeMembers"] == per_conference
+        assert len(view["members"]) == per_conference and view["state"] == "active"
 
 
 def test_health_probes(pair: tuple[Stack, Stack]) -> None:
