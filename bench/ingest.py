@@ -6,7 +6,9 @@ In one run, with the same gunicorn config (``config/gunicorn.conf.py``) and load
 2. the durable floor (bench/floor_app): checks the key, parses, runs one ``INSERT … ON
    CONFLICT`` and commits with the service's durability, on the same kind of database;
 3. the service's own app with the storing left out (bench/nostore_app): the request path alone;
-4. the service (production config, JSON logs to a file) storing every delivery in the database.
+4. the service (production config, JSON logs to a file) storing every delivery in the database;
+5. with ``--instances 2``, two instances of the service on the one database, the same load
+   split between them (half the connections each): their combined rate.
 
 For each it prints events/s and p50/p99 latency, then the service's share of the floor (the
 figure to hold) and of the baseline. Afterwards it checks over the API that every delivery
@@ -17,11 +19,14 @@ every round.
     .venv/bin/python -m bench.ingest                                  # SQLite, POST
     .venv/bin/python -m bench.ingest --method GET --duplicates 30
     .venv/bin/python -m bench.ingest --database-url postgresql+psycopg://…/bench
+    .venv/bin/python -m bench.ingest --postgres --instances 2   # a throwaway PostgreSQL server
     .venv/bin/python -m bench.ingest --rounds 3 --seconds 10          # medians of 3 rounds
     .venv/bin/python -m bench.ingest --memory --events 100000
     .venv/bin/python -m bench.ingest --rounds 3 --without group-commit   # a layer's worth
 
-Needs wrk (Debian: ``apt-get install wrk``).
+Needs wrk (Debian: ``apt-get install wrk``); ``--postgres`` needs PostgreSQL's server
+binaries (Debian: ``apt-get install postgresql``), and starts its own server on a free port,
+with the server's default durability (``fsync`` and ``synchronous_commit`` on).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -61,6 +67,56 @@ def wrk(url_base: str, targets: list[tuple[str, str]], *, seconds: float, connec
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
+
+
+def wrk_split(url_bases: list[str], targets: list[tuple[str, str]], *, connections: int,
+              **load: Any) -> dict[str, Any]:
+    """wrk against several instances at once, the connections shared out; rates added up,
+    the slowest instance's latencies."""
+    results: list[dict[str, Any]] = []
+    each = max(1, connections // len(url_bases))
+
+    def one(n: int, base: str) -> None:
+        tag = f"{load['run']}i{n}"
+        results.append(wrk(base, targets, connections=each, **{**load, "run": tag}))
+
+    threads = [threading.Thread(target=one, args=item) for item in enumerate(url_bases)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    summed = ("requests", "non2xx", "connect_errors", "read_errors", "timeouts", "rate")
+    return {**{k: sum(r[k] for r in results) for k in summed},
+            **{k: max(r[k] for r in results) for k in ("p50_us", "p99_us")}}
+
+
+@contextmanager
+def postgres_server(work: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL server on a free loopback port, with the default durability;
+    yields the database URL. Run as root, the server runs as the ``postgres`` user."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if not found:
+        raise SystemExit("--postgres needs PostgreSQL's server: apt-get install postgresql")
+    bindir = found[-1].parent
+    data = work / "pgdata"
+    data.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(work, "postgres")
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
+                    "-U", "postgres"], check=True, capture_output=True)
+    ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
+    subprocess.run([*ctl, "-l", str(data / "server.log"), "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*ctl, "-m", "fast", "stop"], capture_output=True)
 
 
 @contextmanager
@@ -122,6 +178,10 @@ def row(name: str, result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    parser.add_argument("--postgres", action="store_true",
+                        help="start a throwaway PostgreSQL server and measure on it")
+    parser.add_argument("--instances", type=int, choices=(1, 2), default=1,
+                        help="2: also measure two instances of the service on one database")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--rounds", type=int, default=1,
@@ -149,6 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("wrk is missing: apt-get install wrk")
 
     work = Path(tempfile.mkdtemp(prefix="confhook-bench-"))
+    try:
+        with ExitStack() as database:
+            if args.postgres:
+                args.database_url = database.enter_context(postgres_server(work))
+            return _measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, work: Path) -> int:
     url = args.database_url or f"sqlite:///{work / 'ingest.db'}"
     extra = {"CONFHOOK_LOG_FORMAT": "json", "CONFHOOK_SQLITE_SYNCHRONOUS": args.synchronous}
     if args.workers:
@@ -164,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     names = {"baseline": "baseline (parse, 204)",
              "floor": "durable floor (key, parse, one INSERT, commit)",
              "nostore": "confhook, storing left out", "service": "confhook (store)"}
+    if args.instances == 2:
+        names["pair"] = "confhook, two instances (combined)"
     if args.without:
         names["variant"] = f"confhook without {args.without}"
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -216,20 +288,34 @@ def main(argv: list[str] | None = None) -> int:
                     "bench.nostore_app:app", free_port(), stack.env(), work / "nostore.log")),
                 "service": stack.service_url,
             }
+            if args.instances == 2:
+                # A second instance, as behind a balancer: same database, secret, URLs.
+                second = Stack(free_port(), stack.emulator_port, url, stack.secret_key,
+                               stack.api_token, extra_env=extra, with_emulator=False,
+                               log_dir=work / "second")
+                servers.enter_context(running(second))
+                urls["pair"] = f"{stack.service_url} {second.service_url}"
             if args.without:
                 urls["variant"] = servers.enter_context(served(
                     "bench.variant_app:app", free_port(),
                     {**stack.env(), "BENCH_WITHOUT": args.without}, work / "variant.log"))
-            for name, base_url in urls.items():
-                warm = wrk(base_url, targets, seconds=args.warmup, run=f"{run}{name}w", **load)
-                if name in ("service", "variant"):
+            storing = ("service", "variant", "pair")
+
+            def measure(name: str, seconds: float, tag: str) -> dict[str, Any]:
+                bases = urls[name].split()
+                if len(bases) > 1:
+                    return wrk_split(bases, targets, seconds=seconds, run=tag, **load)
+                return wrk(bases[0], targets, seconds=seconds, run=tag, **load)
+
+            for name in urls:
+                warm = measure(name, args.warmup, f"{run}{name}w")
+                if name in storing:
                     answered += warm["requests"] - warm["non2xx"]
             for round_no in range(args.rounds):
-                for name, base_url in urls.items():
-                    result = wrk(base_url, targets, seconds=args.seconds,
-                                 run=f"{run}{name}{round_no}", **load)
+                for name in urls:
+                    result = measure(name, args.seconds, f"{run}{name}{round_no}")
                     rounds[name].append(result)
-                    if name in ("service", "variant"):
+                    if name in storing:
                         answered += result["requests"] - result["non2xx"]
         time.sleep(1)
         stored = distinct = 0
@@ -252,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         floor, share, alone = (statistics.median(s[i] for s in shares) for i in range(3))
         print(f"\nconfhook stores {floor:.2f} of the durable floor's rate; it reaches "
               f"{share:.0%} of the bare baseline's, and without storing {alone:.0%}")
+        if args.instances == 2:
+            pairs = [p["rate"] / s["rate"] for s, p in zip(rounds["service"], rounds["pair"],
+                                                            strict=True)]
+            print(f"two instances store {statistics.median(pairs):.2f} times what one does "
+                  f"(by round: " + ", ".join(f"{g:.2f}" for g in pairs) + ")")
         if args.without:
             gains = [s["rate"] / v["rate"] for s, v in zip(rounds["service"], rounds["variant"],
                                                            strict=True)]
@@ -262,7 +353,6 @@ def main(argv: list[str] | None = None) -> int:
     # a few more (answered, but after wrk stopped reading). Fewer would be a loss.
     print(f"deliveries answered 2xx: {answered:,}; stored: {stored:,} "
           f"({distinct:,} distinct events)")
-    shutil.rmtree(work, ignore_errors=True)
     if stored < answered:
         print(f"LOST: {answered - stored} acknowledged deliveries are not in the database")
         return 1
