@@ -41,18 +41,16 @@ def _placeholders(dialect: Dialect) -> Dialect:
 class Prepared:
     """One statement compiled for one dialect."""
 
-    __slots__ = ("binds", "order", "positional", "sql")
+    __slots__ = ("order", "slots", "sql")
 
     def __init__(self, stmt: Any, dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=_placeholders(dialect))
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise ValueError("statements with expanding (IN) parameters are not prepared here")
+        if not compiled.positional:
+            raise ValueError(f"{dialect.name}: only positional placeholders are prepared here")
         self.sql = compiled.string
-        self.positional = compiled.positional
         processors = compiled._bind_processors
-        names = compiled.positiontup if compiled.positional else list(
-            compiled.bind_names.values())
-        escaped = compiled.escaped_bind_names or {}
         # Columns whose Python-side default or onupdate SQLAlchemy computes per execution
         # (``updated_at``): computed here the same way.
         computed = {}
@@ -62,44 +60,45 @@ class Prepared:
             if generator is None or not (generator.is_callable or generator.is_scalar):
                 raise ValueError(f"cannot compute the default of {column}")
             computed[column.key] = generator
-        # One entry per distinct name: a name used several times (``:at`` in five places of
-        # one UPDATE) is converted once, and SQLite's positional parameters repeat it.
-        binds: list[tuple[str, str, Any, Any]] = []
+        # One slot per distinct name: a name used several times (``:at`` in five places of
+        # one UPDATE) is converted once, and SQLite's positional parameters repeat it. A slot
+        # is the caller's parameter (``bindparam("pk")``), converted per run, or the
+        # statement's own constant (``state = 'completed'``, anonymous names), converted
+        # here once: no parameter of a caller's can replace a constant.
+        slots: list[tuple[str, Any, ColumnDefault | None, Any]] = []
         index: dict[str, int] = {}
-        for name in names:
+        for name in compiled.positiontup:
             if name in index:
                 continue
-            index[name] = len(binds)
+            index[name] = len(slots)
             bind = compiled.binds[name]
-            if name in computed:
-                binds.append((name, escaped.get(name, name), computed[name],
-                              processors.get(name)))
+            processor = processors.get(name)
+            if name in computed or bind.required or bind.callable is not None:
+                slots.append((name, _MISSING, computed.get(name), processor))
                 continue
-            # A caller gives its own parameters by name (``bindparam("pk")``); the statement's
-            # constants (``state = 'completed'``, anonymous names) keep their value.
-            default = _MISSING if bind.required or bind.callable is not None else bind.value
-            binds.append((name, escaped.get(name, name), default, processors.get(name)))
-        self.binds = tuple(binds)
-        # Positional: the distinct values in the statement's order, where names repeat.
-        order = tuple(index[name] for name in names)
-        self.order = order if self.positional and order != tuple(range(len(binds))) else None
+            value = bind.value
+            slots.append((name, processor(value) if processor is not None and value is not None
+                          else value, None, None))
+        self.slots = tuple(slots)
+        # The distinct values in the statement's order, where names repeat.
+        order = tuple(index[name] for name in compiled.positiontup)
+        self.order = order if order != tuple(range(len(slots))) else None
 
-    def parameters(self, params: dict[str, Any]) -> Any:
-        values = []
-        for name, _escaped, default, processor in self.binds:
-            value = params.get(name, _MISSING)
+    def parameters(self, params: dict[str, Any]) -> list[Any]:
+        values: list[Any] = []
+        append = values.append
+        get = params.get
+        for name, constant, computed, processor in self.slots:
+            if constant is not _MISSING:
+                append(constant)
+                continue
+            value = get(name, _MISSING)
             if value is _MISSING:
-                value = default
-                if value is _MISSING:
+                if computed is None:
                     raise KeyError(f"no value for parameter {name!r}")
-                if isinstance(value, ColumnDefault):
-                    value = value.arg(None) if value.is_callable else value.arg
-            values.append(processor(value) if processor is not None and value is not None
-                          else value)
-        if self.positional:
-            return values if self.order is None else [values[i] for i in self.order]
-        return {escaped: value for (_n, escaped, _d, _p), value in zip(self.binds, values,
-                                                                        strict=True)}
+                value = computed.arg(None) if computed.is_callable else computed.arg
+            append(value if processor is None or value is None else processor(value))
+        return values if self.order is None else [values[i] for i in self.order]
 
 
 class Runner:

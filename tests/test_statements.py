@@ -100,3 +100,14 @@ def test_a_name_used_several_times_is_converted_once_and_bound_everywhere() -> N
             if name != "updated_at":
                 want = expected[name]
                 assert value == (processors[name](want) if name in processors else want)
+
+
+def test_a_parameter_named_like_a_constant_does_not_replace_it() -> None:
+    """SQLAlchemy names a constant's parameter after its column (``state``): a caller's
+    parameter of that name (an event's own ``state``) is not taken for it."""
+    from sqlalchemy.dialects import postgresql
+
+    stmt = update(CONF).where(CONF.c.id == bindparam("pk")).values(state="active")
+    for dialect in (sqlite.dialect(), postgresql.psycopg.dialect()):
+        got = Prepared(stmt, dialect).parameters({"pk": "p", "state": "levitating"})
+        assert "active" in got and "levitating" not in got and "p" in got

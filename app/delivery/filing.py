@@ -241,9 +241,8 @@ def _member_shape(event: Parsed) -> MemberShape | None:
 
 
 def _view_params(event: Parsed, at: datetime) -> dict[str, Any]:
-    """The views' statements' parameters. None is named like a column: in the steps'
-    statements SQLAlchemy names a constant's parameter after its column, and a value given
-    under that name would replace the constant."""
+    """The views' statements' parameters (a statement's own constants are its own: see
+    :class:`Prepared`)."""
     return {"now": utcnow(), "at": at, "activate": event.status == "active",
             "active": event.active_members, "created": event.created_time or at,
             "member": event.member_id, "call": event.call_id, "new_mute": event.mute,
