@@ -11,7 +11,10 @@ In one run, with the same gunicorn config (``config/gunicorn.conf.py``) and load
    split between them (half the connections each): their combined rate.
 
 For each it prints events/s and p50/p99 latency, then the service's share of the floor (the
-figure to hold) and of the baseline. Afterwards it checks over the API that every delivery
+figure to hold) and of the baseline, and the CPU time each event cost: in the app's
+processes (gunicorn), in the database server's (PostgreSQL; SQLite works inside the app's)
+and in wrk's. On a machine whose cores the load, the app and the database share, the rates
+follow these costs. Afterwards it checks over the API that every delivery
 answered 2xx was stored.
 With ``--memory`` it sends ``--events`` deliveries in rounds and prints each worker's RSS after
 every round.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -160,9 +164,45 @@ def worker_rss(master_pid: int) -> list[int]:
     return sorted(sizes)
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time so far of the app's processes (gunicorn's), the database server's
+    (PostgreSQL's) and wrk's (this process's children that have ended)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    groups = {"app": 0.0, "database": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        group = ("database" if name.startswith("postgres") else
+                 "app" if b"gunicorn" in command else None)
+        if group is not None:
+            user, system = fields.split()[11:13]
+            groups[group] += (int(user) + int(system)) / ticks
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    groups["load"] = children.ru_utime + children.ru_stime
+    return groups
+
+
+def costed(measure: Any, *args: Any) -> dict[str, Any]:
+    """``measure(*args)``'s result, with the CPU time per event (ms) of each group of
+    processes."""
+    before = cpu_seconds()
+    result: dict[str, Any] = measure(*args)
+    after = cpu_seconds()
+    for group, seconds in after.items():
+        result[f"cpu_{group}"] = (seconds - before.get(group, 0.0)) / max(
+            result["requests"], 1) * 1000
+    return result
+
+
 def median(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of each measurement over rounds; requests and errors added up."""
-    keys = ("rate", "p50_us", "p99_us")
+    keys = ("rate", "p50_us", "p99_us", "cpu_app", "cpu_database", "cpu_load")
     summed = ("requests", "non2xx", "connect_errors", "read_errors", "timeouts")
     return {**{k: statistics.median(r[k] for r in results) for k in keys},
             **{k: sum(r[k] for r in results) for k in summed}}
@@ -313,7 +353,7 @@ def _measure(args: argparse.Namespace, work: Path) -> int:
                     answered += warm["requests"] - warm["non2xx"]
             for round_no in range(args.rounds):
                 for name in urls:
-                    result = measure(name, args.seconds, f"{run}{name}{round_no}")
+                    result = costed(measure, name, args.seconds, f"{run}{name}{round_no}")
                     rounds[name].append(result)
                     if name in storing:
                         answered += result["requests"] - result["non2xx"]
@@ -329,6 +369,11 @@ def _measure(args: argparse.Namespace, work: Path) -> int:
         print("\n| server | events/s | p50 | p99 | requests | errors |\n|---|---|---|---|---|---|")
         for name, label in names.items():
             print(row(label, median(rounds[name])))
+        print("\n| server | CPU per event: app | database server | wrk |\n|---|---|---|---|")
+        for name, label in names.items():
+            cost = median(rounds[name])
+            print(f"| {label} | {cost['cpu_app']:.3f} ms | {cost['cpu_database']:.3f} ms | "
+                  f"{cost['cpu_load']:.3f} ms |")
         shares = [(s["rate"] / f["rate"], s["rate"] / b["rate"], n["rate"] / b["rate"])
                   for b, f, n, s in zip(rounds["baseline"], rounds["floor"], rounds["nostore"],
                                         rounds["service"], strict=True)]
