@@ -203,8 +203,8 @@ def _writable_elsewhere(database_url: str) -> None:
 @pytest.fixture
 def failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Make storing fail, where the test says: ``where["at"]`` is ``record`` (inside one
-    delivery's work) or ``end`` (as it is committed: SQLite's commit of the writer's batch,
-    or PostgreSQL's one statement, which is its own transaction)."""
+    delivery's work) or ``end`` (as it is committed: SQLite's savepoint release, which fails
+    the whole batch, or PostgreSQL's one statement, which is its own transaction)."""
     where = {"at": ""}
     record = filing.record
     driver_sql = Runner.driver_sql
@@ -216,7 +216,7 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         return record(run, **kwargs)
 
     def failing_driver_sql(self: Runner, sql: str) -> None:
-        if where["at"] == "end" and sql == "COMMIT" and self.dialect.name == "sqlite":
+        if where["at"] == "end" and sql == "RELEASE delivery":
             # As a value the driver cannot encode fails: in the cursor, mid-statement.
             self.cursor.execute("SELECT 1 WHERE 1 = ?", ("x\ud800",))
         driver_sql(self, sql)

@@ -2,9 +2,8 @@
 
 SQLite lets one writer in at a time, and with ``synchronous=FULL`` every commit is an fsync.
 Request threads hand their delivery to this process's writer and wait; the writer takes every
-delivery waiting, stores them one after another, commits once, and only then answers each.
-Whatever fails for one delivery rolls back that delivery alone (the batch is rolled back and
-the others stored again, each in a savepoint of its own); a failure of the batch
+delivery waiting, stores each in a savepoint of its own, commits once, and only then answers
+each. Whatever fails for one delivery rolls back that delivery alone; a failure of the batch
 leaves the connection closed cleanly (cursor, then transaction, then connection), so no lock
 or file descriptor outlives it. Writers of several processes queue on a file lock.
 """
@@ -127,12 +126,8 @@ class SQLiteStore:
     def _store(self, batch: list[tuple[Work, Future[Any]]],
                done: list[tuple[Future[Any], Any,
                                 BaseException | None]]) -> None:
-        """One transaction for ``batch``; a delivery that fails rolls back alone. A failure
-        of the transaction itself discards the connection.
-
-        The deliveries first run one after another with nothing between them (a savepoint
-        each costs more than a member event's own statements); if one fails, the transaction
-        is rolled back and the others run again, each in a savepoint of its own."""
+        """One transaction for ``batch``; a savepoint per delivery, so one that fails rolls
+        back alone. A failure of the transaction itself discards the connection."""
         if self.connection is None:
             dbapi_error = self.engine.dialect.loaded_dbapi.Error
             try:
@@ -142,19 +137,24 @@ class SQLiteStore:
         run = Runner(self.connection.driver_connection, self.engine.dialect)
         try:
             run.driver_sql("BEGIN IMMEDIATE")
-            failed = self._all(run, batch, done)
-            if failed is None:
-                run.driver_sql("COMMIT")
-            else:
-                run.driver_sql("ROLLBACK")
-                done.clear()
-                index, error = failed
-                done.append((batch[index][1], None, error))
-                rest = batch[:index] + batch[index + 1:]
-                if rest:
-                    run.driver_sql("BEGIN IMMEDIATE")
-                    self._each_alone(run, rest, done)
-                    run.driver_sql("COMMIT")
+            for work, future in batch:
+                run.driver_sql("SAVEPOINT delivery")
+                try:
+                    outcome = work(run)
+                except Exception as exc:
+                    # Anything at all: this delivery alone is rolled back and answered 503.
+                    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                        # Not this delivery's fault but the connection's (lost, or opened
+                        # read-only while the file was unwritable): the batch fails, and
+                        # the next one gets a new connection.
+                        raise
+                    run.driver_sql("ROLLBACK TO delivery")
+                    run.driver_sql("RELEASE delivery")
+                    done.append((future, None, exc))
+                    continue
+                run.driver_sql("RELEASE delivery")
+                done.append((future, outcome, None))
+            run.driver_sql("COMMIT")
             if db.file_replaced(self.connection.info):
                 # Committed to a file that was deleted or replaced (a restore by rename)
                 # while open: nobody will read it, so nothing of it is acknowledged. The
@@ -181,45 +181,6 @@ class SQLiteStore:
             raise
         finally:
             run.close()
-
-    @staticmethod
-    def _all(run: Runner, batch: list[tuple[Work, Future[Any]]],
-             done: list[tuple[Future[Any], Any, BaseException | None]]
-             ) -> tuple[int, Exception] | None:
-        """Run every delivery's work in turn; stop at the first that fails: its index and
-        what it raised."""
-        for index, (work, future) in enumerate(batch):
-            try:
-                outcome = work(run)
-            except Exception as exc:
-                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-                    raise  # the connection's fault, not the delivery's: the batch fails
-                return index, exc
-            done.append((future, outcome, None))
-        return None
-
-    @staticmethod
-    def _each_alone(run: Runner, batch: list[tuple[Work, Future[Any]]],
-                    done: list[tuple[Future[Any], Any, BaseException | None]]) -> None:
-        """Run every delivery's work in a savepoint of its own: one that fails rolls back
-        alone."""
-        for work, future in batch:
-            run.driver_sql("SAVEPOINT delivery")
-            try:
-                outcome = work(run)
-            except Exception as exc:
-                # Anything at all: this delivery alone is rolled back and answered 503.
-                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-                    # Not this delivery's fault but the connection's (lost, or opened
-                    # read-only while the file was unwritable): the batch fails, and the
-                    # next one gets a new connection.
-                    raise
-                run.driver_sql("ROLLBACK TO delivery")
-                run.driver_sql("RELEASE delivery")
-                done.append((future, None, exc))
-                continue
-            run.driver_sql("RELEASE delivery")
-            done.append((future, outcome, None))
 
     def _commit(self, batch: list[tuple[Work, Future[Any]]]) -> None:
         done: list[tuple[Future[Any], Any,
