@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from werkzeug.routing import Map, Rule
 
@@ -43,13 +42,10 @@ def make_store(app: Flask) -> Store:
                            wait_s)
     engine = db.make_engine(config["DATABASE_URL"],
                             lock_timeout_ms=config["CONFHOOK_DELIVERY_WAIT_MS"],
-                            pool_pre_ping=False, pool_use_lifo=True, pool_timeout=wait_s)
-    event.listen(engine, "connect", _autocommit)
+                            pool_pre_ping=False, pool_use_lifo=True, pool_timeout=wait_s,
+                            # A delivery is one statement, its own transaction.
+                            isolation_level="AUTOCOMMIT")
     return PostgresStore(engine, db.database(app).engine, wait_s)
-
-
-def _autocommit(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.autocommit = True  # a delivery is one statement, its own transaction
 
 
 def init_app(app: Flask) -> None:

@@ -67,7 +67,7 @@ def record(run: Runner, *, subject: str, channel: str, method: str, event: Parse
     """
     now = utcnow()
     at = event.event_time or now
-    views = _view_params(event, at)
+    views = _view_params(event, at, now)
     params = {
         "event_type": event.event_type, "unknown_type": event.unknown_type,
         "conference_id": event.conference_id, "member_id": event.member_id,
@@ -240,10 +240,10 @@ def _member_shape(event: Parsed) -> MemberShape | None:
             event.call_id is not None, event.mute is not None, event.hold is not None)
 
 
-def _view_params(event: Parsed, at: datetime) -> dict[str, Any]:
+def _view_params(event: Parsed, at: datetime, now: datetime) -> dict[str, Any]:
     """The views' statements' parameters (a statement's own constants are its own: see
     :class:`Prepared`)."""
-    return {"now": utcnow(), "at": at, "activate": event.status == "active",
+    return {"now": now, "at": at, "activate": event.status == "active",
             "active": event.active_members, "created": event.created_time or at,
             "member": event.member_id, "call": event.call_id, "new_mute": event.mute,
             "new_hold": event.hold}
@@ -257,7 +257,7 @@ def apply(session: Session, conference_pk: str, event: Parsed, at: datetime) -> 
     """
     run = Runner.of(session)
     try:
-        _update_views(run, {**_view_params(event, at), "pk": conference_pk}, event)
+        _update_views(run, {**_view_params(event, at, utcnow()), "pk": conference_pk}, event)
     finally:
         run.close()
 
