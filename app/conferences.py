@@ -31,7 +31,7 @@ from app.catapult import (
 from app.delivery.interpret import Fields
 from app.errors import APIError
 from app.keys import callback_urls
-from app.models import TAG_MAX_LENGTH, Conference, Event, Member, new_conference_id
+from app.models import TAG_MAX_LENGTH, Conference, Event, Member, new_conference_id, unfiled
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def track(session: Session, client: CatapultClient, conference_id: str,
 
 def _waiting(session: Session, conference_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Event).where(
-        Event.conference_id == conference_id, Event.match != "matched")) or 0
+        Event.conference_id == conference_id, unfiled())) or 0
 
 
 # -- reading ----------------------------------------------------------------------------------

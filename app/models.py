@@ -21,6 +21,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,6 +35,12 @@ CONFERENCE_STATES = ("pending", "created", "active", "completed", "failed")
 MEMBER_STATES = ("active", "completed")
 # invalid: stored as received, but a field could not be understood (match_reason names it).
 MATCH_STATES = ("matched", "unmatched", "conflict", "invalid")
+
+# Events filed as anything but matched: the few an operator looks into, re-matches and
+# counts as problems. Two indexes hold only these (partial indexes: a matched event, nearly
+# every event, costs them nothing to store). A query uses them where its WHERE repeats this
+# condition as it is written (SQLite's rule): see :func:`unfiled`.
+UNFILED = "match != 'matched'"
 
 # Event.channels is a bit set of the URLs a delivery of the event came through.
 CHANNEL_BITS = {"callback": 1, "fallback": 2}
@@ -151,9 +159,18 @@ class Event(Base):
         Index("ix_event_tag_occurred", "tag", "occurred_at", "id"),
         Index("ix_event_tag_type_occurred", "tag", "event_type", "occurred_at", "id"),
         Index("ix_event_first_received", "first_received_at"),
-        Index("ix_event_match_occurred", "match", "occurred_at", "id"),
-        Index("ix_event_provider_conference", "conference_id"),
+        Index("ix_event_unfiled_occurred", "match", "occurred_at", "id",
+              sqlite_where=text(UNFILED), postgresql_where=text(UNFILED)),
+        Index("ix_event_unfiled_provider_conference", "conference_id",
+              sqlite_where=text(UNFILED), postgresql_where=text(UNFILED)),
     )
+
+
+def unfiled() -> Any:
+    """``Event.match`` is not ``matched``, as the partial indexes on events say it (a
+    constant, not a parameter); add it to a query of unmatched, conflicting or invalid
+    events so that they serve it."""
+    return Event.match != literal_column("'matched'")
 
 
 class RejectedDelivery(Base):

@@ -17,7 +17,15 @@ from typing import Any
 from sqlalchemy import Select, and_, case, exists, func, select, tuple_
 from sqlalchemy.orm import Session
 
-from app.models import CHANNEL_BITS, Conference, Event, Member, RejectedDelivery, utcnow
+from app.models import (
+    CHANNEL_BITS,
+    Conference,
+    Event,
+    Member,
+    RejectedDelivery,
+    unfiled,
+    utcnow,
+)
 
 MAX_LIMIT = 1000
 
@@ -116,6 +124,8 @@ class EventFilter:
             clauses.append(Event.call_id == self.call_id)
         if self.matches:
             clauses.append(Event.match.in_(self.matches))
+            if "matched" not in self.matches:
+                clauses.append(unfiled())  # served by the index of events not matched
         if self.channel is not None:
             clauses.append(Event.channels.op("&")(CHANNEL_BITS[self.channel]) != 0)
         if self.since is not None:
@@ -181,7 +191,7 @@ class ConferenceFilter:
             # Events that name this conference's provider id but were not attached to it
             # (they came through the shared URL before the conference was known).
             unmatched = exists().where(Event.conference_id == Conference.conference_id,
-                                       Event.match == "unmatched")
+                                       Event.match == "unmatched", unfiled())
             clauses.append(unmatched if self.has_unmatched else ~unmatched)
         return clauses
 
@@ -357,8 +367,8 @@ def last_received(session: Session) -> datetime | None:
 
 
 def problem_counts(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Event.match, func.count()).where(
-        Event.match.in_(("unmatched", "conflict", "invalid"))).group_by(Event.match))
+    rows = session.execute(select(Event.match, func.count()).where(unfiled())
+                           .group_by(Event.match))
     counts = {"unmatched": 0, "conflict": 0, "invalid": 0}
     counts.update({match: n for match, n in rows})
     return counts

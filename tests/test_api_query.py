@@ -272,6 +272,47 @@ def test_csv_export_defuses_formulas(client: FlaskClient) -> None:
     assert row["status"].startswith("'=")
 
 
+# -- the indexes of events not matched ----------------------------------------------------------
+
+def test_queries_of_events_not_matched_use_their_partial_indexes(app: Any,
+                                                                 client: FlaskClient) -> None:
+    """The indexes of ``match`` and of the provider's conference id hold only the events not
+    matched; each query of such events, as the app sends it, is served by one of them."""
+    from sqlalchemy import event as sa_event
+
+    from app import conferences, queries
+    from app.db import database, read_session
+
+    client.post(SHARED, json=ev.member("conf-1", "m-1", "active", T0, active=1))
+    engine = database(app).engine
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "'matched'" in statement:
+            sent.append((statement, parameters))
+
+    sa_event.listen(engine, "before_cursor_execute", capture)
+    try:
+        get(client, "/api/v1/events", match="unmatched,conflict")
+        get(client, "/api/v1/conferences", hasUnmatched="true")
+        with app.app_context():
+            session = read_session()
+            assert queries.problem_counts(session)["unmatched"] == 1
+            assert conferences._waiting(session, "conf-1") == 1
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", capture)
+    assert len(sent) == 4
+    with engine.connect() as conn:
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:  # tables this small are scanned whole whatever their indexes
+            conn.exec_driver_sql("SET enable_seqscan = off")
+        for statement, parameters in sent:
+            prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(prefix + statement,
+                                                                         parameters))
+            assert "ix_event_unfiled_" in plan, (statement, plan)
+
+
 # -- re-match -----------------------------------------------------------------------------------
 
 def test_rematch_attaches_an_event_once_its_conference_is_known(client: FlaskClient) -> None:

@@ -45,7 +45,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.delivery.interpret import Parsed, reinterpret
 from app.keys import SHARED
-from app.models import CHANNEL_BITS, Conference, Event, Member, utcnow
+from app.models import CHANNEL_BITS, Conference, Event, Member, unfiled, utcnow
 from app.statements import Runner
 
 
@@ -488,6 +488,8 @@ def rematch_many(session: Session, kinds: Sequence[str], conference: Conference 
     """
     report = RematchReport()
     base = select(Event).where(Event.match.in_(kinds))
+    if "matched" not in kinds:
+        base = base.where(unfiled())
     if conference is not None:
         own = Event.conference_pk == conference.id
         if conference.conference_id is not None:
