@@ -28,7 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.models import Conference, Event
+from app.models import Conference, Event, unfiled
 
 DELIVERIES = Counter(
     "confhook_deliveries", "Callback deliveries received, by outcome.",
@@ -101,7 +101,7 @@ class _Database:
                                "1 when this instance could read the database for this scrape.")
         try:
             counts = dict(self.session.execute(
-                select(Event.match, func.count()).where(Event.match != "matched")
+                select(Event.match, func.count()).where(unfiled())
                 .group_by(Event.match)).all())
             states = self.session.execute(
                 select(Conference.state, func.count()).group_by(Conference.state)).all()

@@ -295,13 +295,15 @@ def test_queries_of_events_not_matched_use_their_partial_indexes(app: Any,
     try:
         get(client, "/api/v1/events", match="unmatched,conflict")
         get(client, "/api/v1/conferences", hasUnmatched="true")
+        assert 'confhook_events_needing_attention{match="unmatched"} 1.0' in client.get(
+            "/metrics").get_data(as_text=True)
         with app.app_context():
             session = read_session()
             assert queries.problem_counts(session)["unmatched"] == 1
             assert conferences._waiting(session, "conf-1") == 1
     finally:
         sa_event.remove(engine, "before_cursor_execute", capture)
-    assert len(sent) == 4
+    assert len(sent) == 5
     with engine.connect() as conn:
         postgres = engine.dialect.name == "postgresql"
         if postgres:  # tables this small are scanned whole whatever their indexes
