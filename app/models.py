@@ -7,6 +7,7 @@ treats them as UTC.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     literal_column,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -35,12 +35,6 @@ CONFERENCE_STATES = ("pending", "created", "active", "completed", "failed")
 MEMBER_STATES = ("active", "completed")
 # invalid: stored as received, but a field could not be understood (match_reason names it).
 MATCH_STATES = ("matched", "unmatched", "conflict", "invalid")
-
-# Events filed as anything but matched: the few an operator looks into, re-matches and
-# counts as problems. Two indexes hold only these (partial indexes: a matched event, nearly
-# every event, costs them nothing to store). A query uses them where its WHERE repeats this
-# condition as it is written (SQLite's rule): see :func:`unfiled`.
-UNFILED = "match != 'matched'"
 
 # Event.channels is a bit set of the URLs a delivery of the event came through.
 CHANNEL_BITS = {"callback": 1, "fallback": 2}
@@ -159,18 +153,30 @@ class Event(Base):
         Index("ix_event_tag_occurred", "tag", "occurred_at", "id"),
         Index("ix_event_tag_type_occurred", "tag", "event_type", "occurred_at", "id"),
         Index("ix_event_first_received", "first_received_at"),
-        Index("ix_event_unfiled_occurred", "match", "occurred_at", "id",
-              sqlite_where=text(UNFILED), postgresql_where=text(UNFILED)),
-        Index("ix_event_unfiled_provider_conference", "conference_id",
-              sqlite_where=text(UNFILED), postgresql_where=text(UNFILED)),
     )
 
 
 def unfiled() -> Any:
-    """``Event.match`` is not ``matched``, as the partial indexes on events say it (a
-    constant, not a parameter); add it to a query of unmatched, conflicting or invalid
-    events so that they serve it."""
+    """Events filed as anything but matched: the few an operator looks into, re-matches and
+    counts as problems. Two indexes hold only these (below), so a matched event, nearly
+    every one, costs them nothing to store; a query uses them when its WHERE has this very
+    condition (SQLite's rule), a constant and not a parameter."""
     return Event.match != literal_column("'matched'")
+
+
+def match_in(kinds: Sequence[str]) -> list[Any]:
+    """The WHERE clauses for events whose match is one of ``kinds``: with :func:`unfiled`
+    when ``matched`` is not one of them, so that the index of events not matched serves it."""
+    clauses = [Event.match.in_(kinds)]
+    if "matched" not in kinds:
+        clauses.append(unfiled())
+    return clauses
+
+
+Index("ix_event_unfiled_occurred", Event.match, Event.occurred_at, Event.id,
+      sqlite_where=unfiled(), postgresql_where=unfiled())
+Index("ix_event_unfiled_provider_conference", Event.conference_id,
+      sqlite_where=unfiled(), postgresql_where=unfiled())
 
 
 class RejectedDelivery(Base):

@@ -23,6 +23,7 @@ from app.models import (
     Event,
     Member,
     RejectedDelivery,
+    match_in,
     unfiled,
     utcnow,
 )
@@ -123,9 +124,7 @@ class EventFilter:
         if self.call_id is not None:
             clauses.append(Event.call_id == self.call_id)
         if self.matches:
-            clauses.append(Event.match.in_(self.matches))
-            if "matched" not in self.matches:
-                clauses.append(unfiled())  # served by the index of events not matched
+            clauses.extend(match_in(self.matches))
         if self.channel is not None:
             clauses.append(Event.channels.op("&")(CHANNEL_BITS[self.channel]) != 0)
         if self.since is not None:

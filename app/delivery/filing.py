@@ -45,7 +45,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.delivery.interpret import Parsed, reinterpret
 from app.keys import SHARED
-from app.models import CHANNEL_BITS, Conference, Event, Member, unfiled, utcnow
+from app.models import CHANNEL_BITS, Conference, Event, Member, match_in, utcnow
 from app.statements import Runner
 
 
@@ -487,9 +487,7 @@ def rematch_many(session: Session, kinds: Sequence[str], conference: Conference 
     With ``conference``: its own events, and the unattached ones that name its provider id.
     """
     report = RematchReport()
-    base = select(Event).where(Event.match.in_(kinds))
-    if "matched" not in kinds:
-        base = base.where(unfiled())
+    base = select(Event).where(*match_in(kinds))
     if conference is not None:
         own = Event.conference_pk == conference.id
         if conference.conference_id is not None:
