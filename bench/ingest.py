@@ -24,6 +24,7 @@ every round.
     .venv/bin/python -m bench.ingest --database-url postgresql+psycopg://…/bench
     .venv/bin/python -m bench.ingest --postgres --instances 2   # a throwaway PostgreSQL server
     .venv/bin/python -m bench.ingest --rounds 3 --seconds 10          # medians of 3 rounds
+    .venv/bin/python -m bench.ingest --postgres --database-cores 1    # the server on its own CPU
     .venv/bin/python -m bench.ingest --memory --events 100000
     .venv/bin/python -m bench.ingest --rounds 3 --without group-commit   # a layer's worth
 
@@ -95,9 +96,10 @@ def wrk_split(url_bases: list[str], targets: list[tuple[str, str]], *, connectio
 
 
 @contextmanager
-def postgres_server(work: Path) -> Iterator[str]:
+def postgres_server(work: Path, cores: set[int] | None = None) -> Iterator[str]:
     """A throwaway PostgreSQL server on a free loopback port, with the default durability;
-    yields the database URL. Run as root, the server runs as the ``postgres`` user."""
+    yields the database URL. Run as root, the server runs as the ``postgres`` user. With
+    ``cores``, the server's processes run on those CPUs only."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
                    key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
     if not found:
@@ -116,7 +118,8 @@ def postgres_server(work: Path) -> Iterator[str]:
     ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
     subprocess.run([*ctl, "-l", str(data / "server.log"), "-w", "-o",
                     f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True,
+                   preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -222,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start a throwaway PostgreSQL server and measure on it")
     parser.add_argument("--instances", type=int, choices=(1, 2), default=1,
                         help="2: also measure two instances of the service on one database")
+    parser.add_argument("--database-cores", type=int, default=0,
+                        help="with --postgres: run the server on this many CPUs of its own, "
+                             "the apps and the load on the others (as on a host of its own)")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--rounds", type=int, default=1,
@@ -248,11 +254,21 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
 
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.database_cores and (not args.postgres or args.database_cores >= len(cpus)):
+        raise SystemExit(f"--database-cores needs --postgres and fewer than the {len(cpus)} "
+                         "CPUs this process may use")
     work = Path(tempfile.mkdtemp(prefix="confhook-bench-"))
     try:
         with ExitStack() as database:
             if args.postgres:
-                args.database_url = database.enter_context(postgres_server(work))
+                own = set(cpus[len(cpus) - args.database_cores:]) if args.database_cores else None
+                args.database_url = database.enter_context(postgres_server(work, own))
+                if own:
+                    # Everything started from here on (gunicorn, wrk) inherits the rest.
+                    os.sched_setaffinity(0, set(cpus) - own)
+                    print(f"the database server on CPUs {sorted(own)}, the apps and the load "
+                          f"on {sorted(set(cpus) - own)}")
             return _measure(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
