@@ -110,19 +110,28 @@ class Runner:
     until :meth:`begin`; whoever holds the connection then commits (``began``).
     """
 
-    __slots__ = ("autocommit", "began", "connection", "cursor", "dbapi_connection", "dialect")
+    __slots__ = ("autocommit", "began", "connection", "cursor", "dbapi_connection", "dialect",
+                 "owns_cursor")
 
     _CACHE: dict[tuple[str, Any], Prepared] = {}
 
     def __init__(self, dbapi_connection: Any, dialect: Dialect,
-                 connection: Connection | None = None, *, autocommit: bool = False) -> None:
+                 connection: Connection | None = None, *, autocommit: bool = False,
+                 cursor: Any = None) -> None:
         self.dbapi_connection = dbapi_connection
         self.dialect = dialect
         self.connection = connection
         self.autocommit = autocommit
         self.began = False
-        self.cursor = (dialect.loaded_dbapi.RawCursor(dbapi_connection)
-                       if dialect.name == "postgresql" else dbapi_connection.cursor())
+        # A cursor the caller keeps with its connection stays open: psycopg's cursor holds
+        # the converters it found for each parameter's type, found again by a new one.
+        self.owns_cursor = cursor is None
+        self.cursor = cursor if cursor is not None else self.new_cursor(dbapi_connection, dialect)
+
+    @staticmethod
+    def new_cursor(dbapi_connection: Any, dialect: Dialect) -> Any:
+        return (dialect.loaded_dbapi.RawCursor(dbapi_connection)
+                if dialect.name == "postgresql" else dbapi_connection.cursor())
 
     @classmethod
     def of(cls, session: Session) -> Runner:
@@ -168,5 +177,6 @@ class Runner:
                                    dialect=self.dialect)  # type: ignore[return-value]
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # a cursor of a lost connection
-            self.cursor.close()
+        if self.owns_cursor:
+            with contextlib.suppress(Exception):  # a cursor of a lost connection
+                self.cursor.close()

@@ -73,6 +73,27 @@ def test_deliveries_reuse_one_connection(client: FlaskClient,
     assert len(members.get_json()["data"]) == 20
 
 
+def test_a_connection_keeps_its_cursor_and_a_new_connection_gets_its_own(
+        client: FlaskClient, connections: postgres.PostgresStore, database_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Any] = []
+    new_cursor = Runner.new_cursor
+
+    def counted(*args: Any) -> Any:
+        made.append(new_cursor(*args))
+        return made[-1]
+
+    monkeypatch.setattr(Runner, "new_cursor", staticmethod(counted))
+    conf = create(client)
+    assert [_send(client, conf, n).status_code for n in range(5)] == [204] * 5
+    assert len(made) == 1  # the connection's one cursor, kept across deliveries
+    assert _cut_delivery_connections(database_url) >= 1
+    assert _send(client, conf, 5).status_code == 503  # the delivery that meets the dead one
+    assert _send(client, conf, 5).status_code == 204  # its retry, on a new connection
+    assert len(made) == 2 and made[1].connection is not made[0].connection
+    assert made[0].closed or made[0].connection.closed
+
+
 def test_a_connection_closed_while_idle_is_replaced_before_use(
         client: FlaskClient, connections: postgres.PostgresStore,
         database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,7 +120,8 @@ def _shut_down(fd: int) -> None:
 
 
 class PostgresStore:
-    """Run a delivery's statements in one transaction on a connection of ``engine``'s pool.
+    """Run a delivery's statements in one transaction on a connection of ``engine``'s pool,
+    with the cursor the connection keeps for as long as it lives.
 
     The whole delivery waits at most ``wait_s`` (and a grace) for the server: the
     connection's checkout (``pool_timeout``), its ping if it has been idle, and the statements.
@@ -150,7 +151,11 @@ class PostgresStore:
         """
         deadline = time.monotonic() + self.wait_s + self.grace_s
         connection = self._connection(deadline)
-        run = Runner(connection.driver_connection, self.engine.dialect, autocommit=True)
+        driver = connection.driver_connection
+        cursor = connection.info.get("cursor")
+        if cursor is None or cursor.connection is not driver:  # one per connection, kept
+            cursor = connection.info["cursor"] = Runner.new_cursor(driver, self.engine.dialect)
+        run = Runner(driver, self.engine.dialect, autocommit=True, cursor=cursor)
         watch: Watch | None = None
         try:
             with self.watchdog.watch(self._fd(connection), deadline) as watch:
