@@ -94,6 +94,28 @@ def test_a_connection_keeps_its_cursor_and_a_new_connection_gets_its_own(
     assert made[0].closed or made[0].connection.closed
 
 
+def test_a_transaction_that_work_left_open_is_rolled_back_before_the_connection_is_reused(
+        app: Flask, connections: postgres.PostgresStore) -> None:
+    class Failed(Exception):
+        pass
+
+    def half_done(run: Runner) -> None:
+        run.begin()
+        run.driver_sql("CREATE TEMPORARY TABLE half_done (n integer)")
+        raise Failed
+
+    with app.app_context(), pytest.raises(Failed):
+        connections.run(half_done)
+
+    def status(run: Runner) -> Any:
+        run.driver_sql("SELECT to_regclass('pg_temp.half_done') IS NULL, "
+                       "pg_current_xact_id_if_assigned() IS NULL")
+        return run.cursor.fetchone()
+
+    with app.app_context():  # the same connection (LIFO), with nothing of that transaction
+        assert connections.run(status) == (True, True)
+
+
 def test_a_connection_closed_while_idle_is_replaced_before_use(
         client: FlaskClient, connections: postgres.PostgresStore,
         database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
