@@ -32,7 +32,8 @@ any more. After SECONDS a standby takes the address (new connections are answere
 while the connections opened before stay dead for good. A server frozen without closing
 anything (a storage stall, a paused VM) is ``--stop-database "pkill -STOP -x postgres"
 --start-database "pkill -CONT -x postgres"``. Either way a delivery must be answered within
-``--delivery-wait-ms``, a 503 while the database does not answer.
+``--delivery-wait-ms``, a 503 while the database does not answer. Every fault begins once a
+fifth of the deliveries were answered, so that it falls among them however fast the machine.
 
     .venv/bin/python -m bench.faults                           # SQLite
     .venv/bin/python -m bench.faults --database-url postgresql+psycopg://…/faults
@@ -178,8 +179,16 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
         outages: list[float] = []
         open_connections: list[int] = []
 
+        def after_a_fifth() -> bool:
+            """Wait until a fifth of the deliveries were answered, so that the fault falls
+            among them, some before and some after; False if the run ended first."""
+            while sum(statuses.values()) < args.events // 5:
+                if stop.wait(0.01):
+                    return False
+            return True
+
         def outage() -> None:
-            if stop.wait(2.0):
+            if not after_a_fifth():
                 return
             began = time.monotonic()
             subprocess.run(args.stop_database, shell=True, check=True,
@@ -190,10 +199,8 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
             outages.append(time.monotonic() - began)
 
         def lock() -> None:
-            # Once a fifth of the deliveries were answered, so that some go before and after.
-            while sum(statuses.values()) < args.events // 5:
-                if stop.wait(0.01):
-                    return
+            if not after_a_fifth():
+                return
             holder = sqlite3.connect(disk / "faults.db", isolation_level=None, timeout=30)
             # SQLite's busy handler is not fair: under load the writers could starve this
             # connection for the whole run. So it gets in between two batches through the
@@ -208,9 +215,8 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
             outages.append(time.monotonic() - began)
 
         def unwritable() -> None:
-            while sum(statuses.values()) < args.events // 5:
-                if stop.wait(0.01):
-                    return
+            if not after_a_fifth():
+                return
             # The database and its write-ahead log. (Not the -shm index: SQLite maps it into
             # memory, and an immutable mapped file kills the process with SIGBUS, which no
             # disk does: SQLite allocates that file's pages before mapping them.)
@@ -224,9 +230,8 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
             outages.append(time.monotonic() - began)
 
         def full_disk() -> None:
-            while sum(statuses.values()) < args.events // 5:
-                if stop.wait(0.01):
-                    return
+            if not after_a_fifth():
+                return
             filler = disk / "filler"
             fill(filler)
             began = time.monotonic()
@@ -237,9 +242,8 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
             outages.append(time.monotonic() - began)
 
         def dead_host() -> None:
-            while sum(statuses.values()) < args.events // 5:
-                if stop.wait(0.01):
-                    return
+            if not after_a_fifth():
+                return
             hole = Blackhole(make_url(url).port or 5432)
             hole.start()
             began = time.monotonic()
@@ -274,11 +278,10 @@ def run(args: argparse.Namespace, work: Path, disk: Path) -> int:
                     os.kill(master, signal.SIGHUP)
                     reloads += 1
                 return
-            # The first kill once a fifth of the deliveries were answered, so that it falls
-            # among them on a fast machine too; then one every --kill-every seconds.
-            while sum(statuses.values()) < args.events // 5:
-                if stop.wait(0.01):
-                    return
+            # The first kill among the deliveries, on a fast machine too; then one every
+            # --kill-every seconds.
+            if not after_a_fifth():
+                return
             while True:
                 pids = worker_pids(master)
                 if pids:
